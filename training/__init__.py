@@ -1,0 +1,1 @@
+"""Deterministic training of the bundled models: `python -m training <model> --out DIR`."""

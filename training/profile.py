@@ -1,0 +1,57 @@
+"""The reference profile of training inputs that powers range warnings and drift."""
+
+import numpy as np
+import pandas as pd
+
+QUANTILES = [i / 10 for i in range(11)]
+
+
+def is_numeric(dtype) -> bool:
+    """Return True for int, float and bool dtypes, which are profiled by range and quantiles."""
+    return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+
+
+def profile_frame(X: pd.DataFrame) -> dict[str, dict]:
+    """Return a JSON-safe profile of every column of X, keyed by column name in order."""
+    return {str(name): profile_column(X[name]) for name in X.columns}
+
+
+def profile_column(column: pd.Series) -> dict:
+    """Return the numeric or categorical profile of one column."""
+    if is_numeric(column.dtype):
+        return _numeric_profile(column)
+    return _categorical_profile(column)
+
+
+def _numeric_profile(column: pd.Series) -> dict:
+    values = column.dropna().astype(np.float64)
+    empty = values.empty
+    return {
+        "kind": "numeric",
+        "dtype": str(column.dtype),
+        "min": None if empty else float(values.min()),
+        "max": None if empty else float(values.max()),
+        "mean": None if empty else float(values.mean()),
+        # A single value has no sample spread; 0.0 keeps the profile free of NaN.
+        "std": None if empty else float(values.std()) if len(values) > 1 else 0.0,
+        "quantiles": [] if empty else [float(q) for q in values.quantile(QUANTILES)],
+        "missing": _missing_share(column),
+    }
+
+
+def _categorical_profile(column: pd.Series) -> dict:
+    present = column.dropna().astype(str)
+    # Shares are of all rows, so frequencies and missing add up to one.
+    counts = present.value_counts(sort=False)
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    total = len(column)
+    return {
+        "kind": "categorical",
+        "dtype": str(column.dtype),
+        "frequencies": {key: float(count / total) for key, count in ordered} if total else {},
+        "missing": _missing_share(column),
+    }
+
+
+def _missing_share(column: pd.Series) -> float:
+    return float(column.isna().mean()) if len(column) else 0.0
