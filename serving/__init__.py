@@ -1,0 +1,40 @@
+"""The prediction service: `create_app` wires settings, database, models and HTTP together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flask import Flask
+
+from serving import cli, database, logs, migrations
+from serving.config import Settings
+from serving.errors import register_error_handlers
+from serving.http import register_blueprints
+from serving.registry import Registry
+
+
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
+    """Build the app: settings from the environment (overridden by `config`), migrated
+    database, loaded models. A broken model folder stops here with a sentence naming it."""
+    settings = Settings.from_env()
+    if config:
+        settings = settings.updated(config)
+    logs.configure(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    database.init_app(app, settings)
+    if settings.migrate_on_start:
+        migrations.migrate()
+    app.extensions["registry"] = Registry.load(settings)
+    # Nothing opened here may be inherited by forked workers (gunicorn --preload).
+    database.close_all()
+
+    logs.init_app(app)
+    register_error_handlers(app)
+    register_blueprints(app)
+    cli.init_app(app)
+    return app

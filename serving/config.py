@@ -1,0 +1,96 @@
+"""Settings read from the environment, in this one place only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told from outside; embedded defaults run it locally."""
+
+    database_url: str = "sqlite:///predictions.db"
+    port: int = 5000
+    root_model_dir: Path = REPO_ROOT
+    models_dir: Path = REPO_ROOT / "models"
+    default_endpoint: str = "default"
+    admin_token: str | None = None
+    max_batch_rows: int = 10_000
+    max_body_bytes: int = 1_000_000
+    log_level: str = "INFO"
+    web_concurrency: int = 2
+    threads: int = 16
+    db_pool_size: int = 16
+    db_pool_wait_seconds: float = 10.0
+    sqlite_busy_timeout_ms: int = 10_000
+    migrate_on_start: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from environment variables, falling back to the embedded defaults."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        token = env.get("ADMIN_TOKEN", "").strip() or None
+        return cls(
+            database_url=env.get("DATABASE_URL", "").strip() or defaults.database_url,
+            port=_int(env, "PORT", defaults.port),
+            root_model_dir=Path(env.get("ROOT_MODEL_DIR") or defaults.root_model_dir),
+            models_dir=Path(env.get("MODELS_DIR") or defaults.models_dir),
+            default_endpoint=env.get("DEFAULT_ENDPOINT", "").strip() or defaults.default_endpoint,
+            admin_token=token,
+            max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
+            log_level=(env.get("LOG_LEVEL", "").strip() or defaults.log_level).upper(),
+            web_concurrency=_int(env, "WEB_CONCURRENCY", defaults.web_concurrency),
+            threads=_int(env, "THREADS", defaults.threads),
+            db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size),
+            db_pool_wait_seconds=_float(env, "DB_POOL_WAIT_SECONDS", defaults.db_pool_wait_seconds),
+            sqlite_busy_timeout_ms=_int(
+                env, "SQLITE_BUSY_TIMEOUT_MS", defaults.sqlite_busy_timeout_ms
+            ),
+            migrate_on_start=_bool(env, "MIGRATE_ON_START", defaults.migrate_on_start),
+        )
+
+    def updated(self, overrides: Mapping[str, object]) -> Settings:
+        """Return a copy with fields replaced; keys are field names, as tests pass them."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values = dict(overrides)
+        for key in ("root_model_dir", "models_dir"):
+            if key in values:
+                values[key] = Path(values[key])
+        return replace(self, **values)

@@ -1,0 +1,113 @@
+"""Errors as values: each carries its HTTP status, a sentence for people and per-field details."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base class of every error a client can see; rendered by one handler."""
+
+    status = 500
+    default_message = "The server could not handle this request."
+
+    def __init__(self, message: str | None = None, details: list[dict[str, str]] | None = None):
+        self.message = message or self.default_message
+        self.details = details or []
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body every error response shares."""
+        return {"error": self.message, "details": self.details}
+
+
+class BadRequest(ServiceError):
+    status = 400
+    default_message = "The request body is not valid JSON."
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    default_message = "This action needs an admin token: send 'Authorization: Bearer <token>'."
+
+
+class Forbidden(ServiceError):
+    status = 403
+    default_message = "The admin token is wrong, or admin actions are disabled on this server."
+
+
+class NotFound(ServiceError):
+    status = 404
+    default_message = "Nothing is found at this address."
+
+
+class ObservationNotFound(NotFound):
+    default_message = "No prediction has been stored with this observation id."
+
+
+class Conflict(ServiceError):
+    status = 409
+    default_message = "This id is already stored with a different observation."
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    default_message = "The request body is too large."
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    default_message = "The request is valid JSON but its content is not."
+
+
+class Unavailable(ServiceError):
+    status = 503
+    default_message = (
+        "The database is unreachable; nothing was stored. Retry the request with the same id."
+    )
+
+
+def detail(field: str, problem: str) -> dict[str, str]:
+    """One entry of an error's details list."""
+    return {"field": field, "problem": problem}
+
+
+def _render(error: ServiceError) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render our errors, Flask's own HTTP errors and anything unexpected as the same JSON."""
+
+    @app.errorhandler(ServiceError)
+    def handle_service_error(error: ServiceError) -> Response:
+        return _render(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException) -> Response:
+        status = error.code or 500
+        mapped = ServiceError(error.description or error.name)
+        mapped.status = status
+        if status == 413:
+            mapped = PayloadTooLarge(
+                f"The request body is larger than the limit of "
+                f"{app.config['MAX_CONTENT_LENGTH']} bytes."
+            )
+        response = _render(mapped)
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception) -> Response:
+        # The trace goes to the log, never to the client.
+        logger.exception("unhandled error")
+        return _render(ServiceError())

@@ -1,0 +1,11 @@
+"""HTTP blueprints: they parse, call one module per step, and serialise; no logic of their own."""
+
+from flask import Flask
+
+from serving.http import health, predictions
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every blueprint to the app."""
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(predictions.blueprint)

@@ -1,0 +1,22 @@
+"""Per-request helpers shared by the blueprints."""
+
+from __future__ import annotations
+
+from flask import current_app, g, request
+
+from serving.registry import Registry
+
+
+def registry() -> Registry:
+    """The model registry of the running app."""
+    return current_app.extensions["registry"]
+
+
+def body() -> bytes:
+    """The raw body; read whatever the Content-Type says, since curl users forget it."""
+    return request.get_data(cache=False)
+
+
+def annotate(**fields: object) -> None:
+    """Add fields to this request's log line."""
+    g.setdefault("log_fields", {}).update(fields)

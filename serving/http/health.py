@@ -1,0 +1,32 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from serving.database import CONNECTION_ERRORS, db, discard_connections
+from serving.http.context import registry
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/health")
+def health() -> dict[str, Any]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@blueprint.get("/ready")
+def ready() -> tuple[dict[str, Any], int]:
+    """Ready to serve: the database answers and at least one model is loaded."""
+    checks: dict[str, Any] = {"models_loaded": len(registry())}
+    try:
+        db.execute_sql("SELECT 1")
+        checks["database"] = "ok"
+    except CONNECTION_ERRORS as exc:
+        discard_connections()
+        checks["database"] = f"unreachable: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    ok = checks["database"] == "ok" and checks["models_loaded"] > 0
+    return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503

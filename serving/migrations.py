@@ -1,0 +1,88 @@
+"""Ordered schema migrations and a version row, applied once even when many workers start."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import peewee
+
+from serving.database import db, is_sqlite
+from serving.tables import utcnow
+
+logger = logging.getLogger(__name__)
+
+# An arbitrary constant: every process migrating this database takes the same advisory lock.
+_PG_LOCK_KEY = 7_402_113
+
+
+class SchemaVersion(peewee.Model):
+    version = peewee.IntegerField(primary_key=True)
+    name = peewee.CharField(max_length=200)
+    applied_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        database = db
+        table_name = "schema_version"
+
+
+def _create_prediction_table(database: peewee.Database) -> None:
+    # A frozen copy of the table as this migration made it: later changes to
+    # serving.tables must arrive as new migrations, not by editing this one.
+    class Prediction(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        observation_id = peewee.CharField(max_length=255)
+        observation = peewee.TextField()
+        proba = peewee.DoubleField(null=True)
+        prediction = peewee.TextField(null=True)
+        true_class = peewee.TextField(null=True)
+        created_at = peewee.DateTimeField()
+        updated_at = peewee.DateTimeField(null=True)
+
+        class Meta:
+            table_name = "prediction"
+            indexes = ((("endpoint", "observation_id"), True),)
+
+    with database.bind_ctx([Prediction]):
+        database.create_tables([Prediction], safe=False)
+
+
+Migration = tuple[int, str, Callable[[peewee.Database], None]]
+
+MIGRATIONS: list[Migration] = [
+    (1, "create prediction", _create_prediction_table),
+]
+
+
+def current_version(database: peewee.Database | None = None) -> int:
+    """The schema version the database is at; 0 for an empty database."""
+    database = database or db.obj
+    if not database.table_exists("schema_version"):
+        return 0
+    with database.bind_ctx([SchemaVersion]):
+        latest = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
+    return latest or 0
+
+
+def migrate(database: peewee.Database | None = None) -> list[int]:
+    """Apply pending migrations in order, inside one locked transaction; return those applied."""
+    database = database or db.obj
+    applied: list[int] = []
+    lock = "IMMEDIATE" if is_sqlite(database) else None
+    with database.bind_ctx([SchemaVersion]), database.atomic(*([lock] if lock else [])):
+        if not is_sqlite(database):
+            # Several workers or replicas may start at once; the first migrates, the rest
+            # wait here and then find nothing left to do.
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+        database.create_tables([SchemaVersion], safe=True)
+        done = current_version(database)
+        for version, name, step in MIGRATIONS:
+            if version <= done:
+                continue
+            logger.info("applying migration %s: %s", version, name)
+            step(database)
+            SchemaVersion.create(version=version, name=name)
+            applied.append(version)
+    return applied

@@ -1,0 +1,150 @@
+"""Storing predictions and their ground truth: idempotent on (endpoint, observation id)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from serving.database import run_with_retry, write_transaction
+from serving.errors import Conflict, ObservationNotFound, detail
+from serving.payloads import id_key
+from serving.tables import Prediction, utcnow
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value, so stored observations compare as strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    """A scored observation about to be stored."""
+
+    endpoint: str
+    model_version: str
+    observation_id: str | int
+    observation: dict[str, Any]
+    proba: float | None
+    label: Any
+
+    def row(self) -> dict[str, Any]:
+        """The columns of its table row."""
+        return {
+            "endpoint": self.endpoint,
+            "model_version": self.model_version,
+            "observation_id": id_key(self.observation_id),
+            "observation": canonical_json(self.observation),
+            "proba": self.proba,
+            "prediction": canonical_json(self.label),
+            "created_at": utcnow(),
+        }
+
+
+def store(batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
+    """Store a batch in one transaction; answer each item with its committed row or a Conflict.
+
+    Insert-or-ignore first, then read back: an id stored before (by an earlier request or a
+    concurrent one) replays its stored row when the observation is the same, and conflicts
+    when it differs. Never check-then-insert, which races.
+    """
+    if not batch:
+        return []
+    rows = [item.row() for item in batch]
+
+    def work() -> list[Prediction | Conflict]:
+        with write_transaction():
+            Prediction.insert_many(rows).on_conflict_ignore().execute()
+            stored = _fetch(batch[0].endpoint, [r["observation_id"] for r in rows])
+        return [_outcome(item, rows[i], stored) for i, item in enumerate(batch)]
+
+    return run_with_retry(work)
+
+
+def _fetch(endpoint: str, keys: Sequence[str]) -> dict[str, Prediction]:
+    query = Prediction.select().where(
+        (Prediction.endpoint == endpoint) & (Prediction.observation_id.in_(sorted(set(keys))))
+    )
+    return {p.observation_id: p for p in query}
+
+
+def _outcome(
+    item: NewPrediction, row: dict[str, Any], stored: dict[str, Prediction]
+) -> Prediction | Conflict:
+    existing = stored[row["observation_id"]]
+    if existing.observation != row["observation"]:
+        return Conflict(
+            f"Observation id {item.observation_id!r} is already stored with a different "
+            "observation; use a new id, or resend the stored observation to replay its answer.",
+            [detail("id", "already stored with a different observation")],
+        )
+    return existing
+
+
+def find(endpoint: str, observation_id: str | int) -> Prediction:
+    """The stored prediction for an id; ObservationNotFound if there is none."""
+
+    def work() -> Prediction | None:
+        return Prediction.get_or_none(
+            (Prediction.endpoint == endpoint)
+            & (Prediction.observation_id == id_key(observation_id))
+        )
+
+    found = run_with_retry(work)
+    if found is None:
+        raise _not_found(observation_id)
+    return found
+
+
+def record_truth(endpoint: str, observation_id: str | int, true_class: Any) -> Prediction:
+    """Set (or overwrite) the true class of a stored prediction and record when."""
+    key = id_key(observation_id)
+
+    def work() -> Prediction | None:
+        with write_transaction():
+            updated = (
+                Prediction.update(true_class=canonical_json(true_class), updated_at=utcnow())
+                .where((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
+                .execute()
+            )
+            if not updated:
+                return None
+            return Prediction.get(
+                (Prediction.endpoint == endpoint) & (Prediction.observation_id == key)
+            )
+
+    row = run_with_retry(work)
+    if row is None:
+        raise _not_found(observation_id)
+    return row
+
+
+def _not_found(observation_id: str | int) -> ObservationNotFound:
+    return ObservationNotFound(
+        f"No prediction is stored with id {observation_id!r}; predict it before updating it.",
+        [detail("id", "unknown observation id")],
+    )
+
+
+def to_json(row: Prediction, observation_id: str | int | None = None) -> dict[str, Any]:
+    """A stored prediction as the API returns it; the id is echoed as the caller spelled it."""
+    return {
+        "id": row.id,
+        "observation_id": row.observation_id if observation_id is None else observation_id,
+        "observation": json.loads(row.observation),
+        "proba": row.proba,
+        "prediction": None if row.prediction is None else json.loads(row.prediction),
+        "true_class": None if row.true_class is None else json.loads(row.true_class),
+        "endpoint": row.endpoint,
+        "model_version": row.model_version,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    # SQLite hands back text for timestamps written by another driver; both print alike.
+    return value.isoformat() + "Z" if hasattr(value, "isoformat") else f"{value}Z"

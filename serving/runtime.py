@@ -1,0 +1,274 @@
+"""A model on disk: loaded, checked at load, and scored. Knows nothing of HTTP or databases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from serving.schema import STRING, InputSchema
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE, METADATA_FILE = (
+    "pipeline.pickle",
+    "dtypes.pickle",
+    "columns.json",
+    "model.json",
+)
+
+
+class ModelLoadError(Exception):
+    """A model folder that cannot be served; the message names the folder and the problem."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """What the model said about one observation."""
+
+    proba: float | None
+    label: Any
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the JSON-friendly Python value."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class LoadedModel:
+    """One model version: pipeline, input schema and metadata, checked when loaded."""
+
+    def __init__(
+        self,
+        folder: Path,
+        pipeline: Any,
+        schema: InputSchema,
+        metadata: dict[str, Any],
+        endpoint: str,
+        version: str,
+    ):
+        self.folder = folder
+        self.pipeline = pipeline
+        self.schema = schema
+        self.metadata = metadata
+        self.endpoint = endpoint
+        self.version = version
+        self.dtypes = {f.name: f.dtype for f in schema.fields}
+        self.classes = [_plain(c) for c in getattr(pipeline, "classes_", [])]
+        self.task = metadata.get("task") or (
+            "binary_classification" if len(self.classes) == 2 else "classification"
+        )
+        positive = metadata.get("positive_class", self.classes[-1] if self.classes else None)
+        if self.classes and positive not in self.classes:
+            raise ModelLoadError(
+                f"{folder / METADATA_FILE}: positive_class {positive!r} is not one of the "
+                f"pipeline's classes {self.classes}"
+            )
+        self.positive_class = positive
+        self._positive_index = self.classes.index(positive) if self.classes else None
+
+    @classmethod
+    def load(cls, folder: Path, endpoint: str, version: str | None = None) -> LoadedModel:
+        """Load and check a model folder; a broken folder raises ModelLoadError with a sentence."""
+        folder = Path(folder)
+        for name in (PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE):
+            if not (folder / name).is_file():
+                raise ModelLoadError(f"model folder {folder}: {name} is missing")
+        metadata = _read_metadata(folder)
+        expected_sha = metadata.get("pipeline_sha256")
+        if expected_sha and _sha256(folder / PIPELINE_FILE) != expected_sha:
+            raise ModelLoadError(
+                f"model folder {folder}: {PIPELINE_FILE} does not match the pipeline_sha256 "
+                f"in {METADATA_FILE}; the file was replaced or corrupted"
+            )
+        pipeline = _read_pipeline(folder)
+        columns = _read_columns(folder)
+        dtypes = _read_dtypes(folder)
+        _check_pipeline(folder, pipeline, columns)
+        unknown = [name for name in dtypes if name not in columns]
+        if unknown:
+            raise ModelLoadError(
+                f"model folder {folder}: {DTYPES_FILE} names columns not in {COLUMNS_FILE}: "
+                f"{unknown}"
+            )
+        try:
+            schema = InputSchema.from_columns(columns, dtypes)
+        except ValueError as exc:
+            raise ModelLoadError(f"model folder {folder}: {exc}") from exc
+        model = cls(
+            folder,
+            pipeline,
+            schema,
+            metadata,
+            endpoint,
+            str(version or metadata.get("version") or "1"),
+        )
+        logger.info(
+            "loaded model",
+            extra={"endpoint": endpoint, "model_version": model.version, "folder": str(folder)},
+        )
+        return model
+
+    @property
+    def columns(self) -> list[str]:
+        """Input columns in model order."""
+        return self.schema.columns
+
+    def frame(self, observations: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        """Validated observations as the DataFrame the pipeline was trained on."""
+        columns = self.columns
+        data = {name: [obs[name] for obs in observations] for name in columns}
+        frame = pd.DataFrame(data, columns=columns)
+        for f in self.schema.fields:
+            column = frame[f.name]
+            if f.kind == STRING:
+                # A JSON null must reach the imputers as NaN, as a missing CSV cell does;
+                # None in an object column is a value to them, not a gap.
+                column = column.astype(object).where(column.notna(), np.nan)
+            frame[f.name] = column.astype(f.dtype)
+        return frame
+
+    def predict(self, observations: Sequence[dict[str, Any]]) -> list[Score]:
+        """Score validated observations in one vectorised call."""
+        if not observations:
+            return []
+        frame = self.frame(observations)
+        if self._positive_index is not None and hasattr(self.pipeline, "predict_proba"):
+            probabilities = self.pipeline.predict_proba(frame)
+            best = probabilities.argmax(axis=1)
+            return [
+                Score(float(row[self._positive_index]), self.classes[int(i)])
+                for row, i in zip(probabilities, best, strict=True)
+            ]
+        values = self.pipeline.predict(frame)
+        return [Score(None, _plain(v)) for v in values]
+
+    def class_label(self, value: Any) -> Any:
+        """The class label a caller meant, matched exactly or by its text; None if unknown."""
+        if isinstance(value, (bool, list | dict)):
+            return None
+        for label in self.classes:
+            if value == label and not isinstance(label, bool):
+                return label
+        for label in self.classes:
+            if str(value) == str(label):
+                return label
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """What the API shows about this model."""
+        return {
+            "endpoint": self.endpoint,
+            "version": self.version,
+            "task": self.task,
+            "classes": self.classes,
+            "positive_class": self.positive_class,
+            "inputs": self.schema.describe(),
+        }
+
+
+def _read_json(folder: Path, name: str) -> Any:
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"model folder {folder}: {name} is not valid JSON: {exc}") from exc
+
+
+def _read_metadata(folder: Path) -> dict[str, Any]:
+    if not (folder / METADATA_FILE).is_file():
+        return {}
+    metadata = _read_json(folder, METADATA_FILE)
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"model folder {folder}: {METADATA_FILE} must hold a JSON object")
+    return metadata
+
+
+def _read_pipeline(folder: Path) -> Any:
+    path = folder / PIPELINE_FILE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        try:
+            return joblib.load(path)
+        except InconsistentVersionWarning as exc:
+            raise ModelLoadError(
+                f"model folder {folder}: {PIPELINE_FILE} was saved with scikit-learn "
+                f"{exc.original_sklearn_version}, this server runs {sklearn.__version__}; "
+                f"retrain it or pin scikit-learn=={exc.original_sklearn_version}"
+            ) from exc
+        except (ModuleNotFoundError, AttributeError) as exc:
+            raise ModelLoadError(
+                f"model folder {folder}: {PIPELINE_FILE} needs code that cannot be imported "
+                f"({exc}); custom transformers belong in the custom_transformers package"
+            ) from exc
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model folder {folder}: {PIPELINE_FILE} cannot be unpickled: {exc}"
+            ) from exc
+
+
+def _read_columns(folder: Path) -> list[str]:
+    columns = _read_json(folder, COLUMNS_FILE)
+    if (
+        not isinstance(columns, list)
+        or not columns
+        or not all(isinstance(c, str) for c in columns)
+        or len(set(columns)) != len(columns)
+    ):
+        raise ModelLoadError(
+            f"model folder {folder}: {COLUMNS_FILE} must be a non-empty list of distinct names"
+        )
+    return columns
+
+
+def _read_dtypes(folder: Path) -> dict[str, Any]:
+    path = folder / DTYPES_FILE
+    try:
+        with path.open("rb") as handle:
+            dtypes = pickle.load(handle)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model folder {folder}: {DTYPES_FILE} cannot be unpickled: {exc}"
+        ) from exc
+    if isinstance(dtypes, pd.Series):
+        return dict(dtypes.items())
+    if isinstance(dtypes, dict):
+        return {name: pd.api.types.pandas_dtype(d) for name, d in dtypes.items()}
+    raise ModelLoadError(
+        f"model folder {folder}: {DTYPES_FILE} must hold a pandas Series or a dict of dtypes"
+    )
+
+
+def _check_pipeline(folder: Path, pipeline: Any, columns: list[str]) -> None:
+    if not hasattr(pipeline, "predict"):
+        raise ModelLoadError(f"model folder {folder}: {PIPELINE_FILE} holds no estimator")
+    try:
+        check_is_fitted(pipeline)
+    except NotFittedError as exc:
+        raise ModelLoadError(f"model folder {folder}: {PIPELINE_FILE} is not fitted") from exc
+    trained_on = getattr(pipeline, "feature_names_in_", None)
+    if trained_on is not None and list(trained_on) != list(columns):
+        raise ModelLoadError(
+            f"model folder {folder}: {COLUMNS_FILE} {columns} disagrees with the columns the "
+            f"pipeline was fitted on {list(trained_on)}"
+        )
