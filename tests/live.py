@@ -60,6 +60,7 @@ def gunicorn(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     command: Sequence[str] | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[Server]:
     """Run `gunicorn -c gunicorn.conf.py app:app` on a free port until the block ends."""
     port = free_port()
@@ -88,7 +89,7 @@ def gunicorn(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
