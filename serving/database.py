@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from flask import Flask
 from playhouse import db_url
-from playhouse.pool import PooledDatabase
+from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 
 from serving.config import Settings
 from serving.errors import Unavailable
@@ -30,22 +30,23 @@ _POSTGRES_SCHEMES = {"postgres", "postgresql"}
 
 def open_database(settings: Settings) -> peewee.Database:
     """Build (without connecting) the database DATABASE_URL names."""
-    url = settings.database_url
-    scheme = urlsplit(url).scheme
-    if scheme in _POSTGRES_SCHEMES:
-        # Railway hands out both spellings; a pool that waits for a free connection
-        # rather than failing keeps bursts from turning into errors.
-        pooled = urlunsplit(("postgresql+pool", *urlsplit(url)[1:]))
-        return db_url.connect(
-            pooled,
-            max_connections=settings.db_pool_size,
-            timeout=settings.db_pool_wait_seconds,
-            stale_timeout=300,
-            connect_timeout=5,
-        )
-    if scheme == "sqlite":
-        return db_url.connect(
-            url,
+    parts = urlsplit(settings.database_url)
+    # A pool that waits for a free connection rather than failing keeps bursts from turning
+    # into errors. SQLite is pooled too: opening a connection runs the pragmas and closing the
+    # last one checkpoints the WAL, which per request cost more than the insert.
+    pool = {
+        "max_connections": settings.db_pool_size,
+        "timeout": settings.db_pool_wait_seconds,
+        "stale_timeout": 300,
+    }
+    if parts.scheme in _POSTGRES_SCHEMES:
+        # Railway hands out both spellings.
+        url = urlunsplit(("postgresql+pool", *parts[1:]))
+        return db_url.connect(url, connect_timeout=5, **pool)
+    if parts.scheme == "sqlite":
+        return PooledSqliteDatabase(
+            db_url.parse(settings.database_url)["database"],
+            **pool,
             pragmas={
                 # WAL lets readers run beside the writer; FULL sync because an
                 # acknowledged prediction must survive a power cut too.
@@ -54,10 +55,14 @@ def open_database(settings: Settings) -> peewee.Database:
                 "busy_timeout": settings.sqlite_busy_timeout_ms,
                 "foreign_keys": 1,
             },
-            timeout=settings.sqlite_busy_timeout_ms / 1000,
+            # Pooled connections move between threads, one thread at a time.
+            check_same_thread=False,
+            # SQLite >= 3.35 has RETURNING; the group commit reads inserted ids through it.
+            returning_clause=True,
         )
     raise ValueError(
-        f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, got {scheme!r}"
+        f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, "
+        f"got {parts.scheme!r}"
     )
 
 
