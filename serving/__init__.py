@@ -10,7 +10,9 @@ from serving import cli, database, logs, migrations
 from serving.config import Settings
 from serving.errors import register_error_handlers
 from serving.http import register_blueprints
+from serving.predictions import Writer
 from serving.registry import Registry
+from serving.scoring import Scorer
 
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
@@ -30,6 +32,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     if settings.migrate_on_start:
         migrations.migrate()
     app.extensions["registry"] = Registry.load(settings)
+    wait = settings.batch_max_wait_ms / 1000
+    app.extensions["scorer"] = Scorer(settings.batch_max_rows, wait)
+    app.extensions["writer"] = Writer(settings.batch_max_rows, wait)
     # Nothing opened here may be inherited by forked workers (gunicorn --preload).
     database.close_all()
 

@@ -56,6 +56,8 @@ class Settings:
     db_pool_wait_seconds: float = 10.0
     sqlite_busy_timeout_ms: int = 10_000
     migrate_on_start: bool = True
+    batch_max_rows: int = 64
+    batch_max_wait_ms: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +83,8 @@ class Settings:
                 env, "SQLITE_BUSY_TIMEOUT_MS", defaults.sqlite_busy_timeout_ms
             ),
             migrate_on_start=_bool(env, "MIGRATE_ON_START", defaults.migrate_on_start),
+            batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows),
+            batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
         )
 
     def updated(self, overrides: Mapping[str, object]) -> Settings:

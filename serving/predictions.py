@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from serving.batching import MicroBatcher
 from serving.database import run_with_retry, write_transaction
 from serving.errors import Conflict, ObservationNotFound, detail
 from serving.payloads import id_key
@@ -45,34 +46,54 @@ class NewPrediction:
 def store(batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
     """Store a batch in one transaction; answer each item with its committed row or a Conflict.
 
-    Insert-or-ignore first, then read back: an id stored before (by an earlier request or a
-    concurrent one) replays its stored row when the observation is the same, and conflicts
-    when it differs. Never check-then-insert, which races.
+    Insert-or-ignore first, then read back only the ids that were already there: an id stored
+    before (by an earlier request, a concurrent one, or earlier in this batch) replays its
+    stored row when the observation is the same and conflicts when it differs. Never
+    check-then-insert, which races.
     """
     if not batch:
         return []
     rows = [item.row() for item in batch]
+    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault((row["endpoint"], row["observation_id"]), row)
 
-    def work() -> list[Prediction | Conflict]:
+    def work() -> dict[tuple[str, str], Prediction]:
         with write_transaction():
-            Prediction.insert_many(rows).on_conflict_ignore().execute()
-            stored = _fetch(batch[0].endpoint, [r["observation_id"] for r in rows])
-        return [_outcome(item, rows[i], stored) for i, item in enumerate(batch)]
+            inserted = (
+                Prediction.insert_many(list(unique.values()))
+                .on_conflict_ignore()
+                .returning(Prediction.id, Prediction.endpoint, Prediction.observation_id)
+                .tuples()
+                .execute()
+            )
+            stored = {(e, o): Prediction(id=i, **unique[(e, o)]) for i, e, o in inserted}
+            stored.update(_fetch([key for key in unique if key not in stored]))
+        return stored
 
-    return run_with_retry(work)
+    stored = run_with_retry(work)
+    return [
+        _outcome(item, row, stored[(row["endpoint"], row["observation_id"])])
+        for item, row in zip(batch, rows, strict=True)
+    ]
 
 
-def _fetch(endpoint: str, keys: Sequence[str]) -> dict[str, Prediction]:
-    query = Prediction.select().where(
-        (Prediction.endpoint == endpoint) & (Prediction.observation_id.in_(sorted(set(keys))))
-    )
-    return {p.observation_id: p for p in query}
+def _fetch(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Prediction]:
+    by_endpoint: dict[str, list[str]] = {}
+    for endpoint, observation_id in keys:
+        by_endpoint.setdefault(endpoint, []).append(observation_id)
+    found: dict[tuple[str, str], Prediction] = {}
+    for endpoint, ids in by_endpoint.items():
+        query = Prediction.select().where(
+            (Prediction.endpoint == endpoint) & Prediction.observation_id.in_(ids)
+        )
+        found.update({(p.endpoint, p.observation_id): p for p in query})
+    return found
 
 
 def _outcome(
-    item: NewPrediction, row: dict[str, Any], stored: dict[str, Prediction]
+    item: NewPrediction, row: dict[str, Any], existing: Prediction
 ) -> Prediction | Conflict:
-    existing = stored[row["observation_id"]]
     if existing.observation != row["observation"]:
         return Conflict(
             f"Observation id {item.observation_id!r} is already stored with a different "
@@ -80,6 +101,19 @@ def _outcome(
             [detail("id", "already stored with a different observation")],
         )
     return existing
+
+
+class Writer:
+    """Group commit: concurrent `store` calls in one process share one transaction."""
+
+    def __init__(self, max_batch: int, max_wait: float):
+        self._batcher: MicroBatcher[NewPrediction, Prediction | Conflict] = MicroBatcher(
+            store, max_batch=max_batch, max_wait=max_wait
+        )
+
+    def store(self, batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
+        """Store these predictions, committed before this returns, maybe with others'."""
+        return self._batcher.submit(batch)
 
 
 def find(endpoint: str, observation_id: str | int) -> Prediction:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
+from serving.predictions import Writer
 from serving.registry import Registry
+from serving.scoring import Scorer
 
 
 def registry() -> Registry:
     """The model registry of the running app."""
     return current_app.extensions["registry"]
+
+
+def scorer() -> Scorer:
+    """The app's micro-batching scorer."""
+    return current_app.extensions["scorer"]
+
+
+def writer() -> Writer:
+    """The app's group-committing prediction writer."""
+    return current_app.extensions["writer"]
 
 
 def body() -> bytes:

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
-from serving import predictions, scoring
+from serving import predictions
 from serving.errors import Conflict, InvalidInput, detail
-from serving.http.context import annotate, body, registry
+from serving.http.context import annotate, body, registry, scorer, writer
 from serving.payloads import parse_predict_body, parse_update_body
 
 blueprint = Blueprint("predictions", __name__)
@@ -26,8 +26,8 @@ def predict() -> tuple[dict[str, Any], int]:
     annotate(endpoint=endpoint, observation_id=request_body.observation_id)
     model = registry().get(endpoint)
     observation, warnings = model.schema.validate(request_body.observation)
-    [result] = scoring.score(model, [observation])
-    [outcome] = predictions.store(
+    [result] = scorer().score(model, [observation])
+    [outcome] = writer().store(
         [
             predictions.NewPrediction(
                 endpoint,
