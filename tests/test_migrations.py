@@ -51,7 +51,13 @@ def test_concurrent_migrations_apply_once(database_url):
     assert counts == [0] * 5 + [len(migrations.MIGRATIONS)]
 
 
-def test_flask_migrate_command(runner):
-    result = runner.invoke(args=["migrate"])
-    assert result.exit_code == 0
-    assert "up to date" in result.output
+def test_flask_migrate_command_migrates_a_fresh_database(database_url):
+    from serving import create_app
+
+    app = create_app({"database_url": database_url, "migrate_on_start": False})
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["migrate"])
+    assert first.exit_code == 0, first.output
+    assert "applied migrations [1]" in first.output
+    again = runner.invoke(args=["migrate"])
+    assert "up to date at version 1" in again.output

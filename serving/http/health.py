@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import Blueprint
 
-from serving.database import CONNECTION_ERRORS, db, discard_connections
+from serving.database import CONNECTION_ERRORS, discard_connections
 from serving.http.context import registry
+from serving.migrations import MIGRATIONS, current_version
 
 blueprint = Blueprint("health", __name__)
 
@@ -23,8 +24,12 @@ def ready() -> tuple[dict[str, Any], int]:
     """Ready to serve: the database answers and at least one model is loaded."""
     checks: dict[str, Any] = {"models_loaded": len(registry())}
     try:
-        db.execute_sql("SELECT 1")
-        checks["database"] = "ok"
+        version, latest = current_version(), MIGRATIONS[-1][0]
+        checks["database"] = (
+            "ok"
+            if version == latest
+            else (f"schema at version {version}, needs {latest}: run `flask --app app migrate`")
+        )
     except CONNECTION_ERRORS as exc:
         discard_connections()
         checks["database"] = f"unreachable: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
