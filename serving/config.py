@@ -57,6 +57,7 @@ class Settings:
     sqlite_busy_timeout_ms: int = 10_000
     migrate_on_start: bool = True
     batch_max_rows: int = 64
+    compile_models: bool = True
     batch_max_wait_ms: float = 0.0
 
     @classmethod
@@ -84,6 +85,7 @@ class Settings:
             ),
             migrate_on_start=_bool(env, "MIGRATE_ON_START", defaults.migrate_on_start),
             batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows),
+            compile_models=_bool(env, "COMPILE_MODELS", defaults.compile_models),
             batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
         )
 

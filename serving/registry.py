@@ -20,7 +20,13 @@ class Registry:
     def load(cls, settings: Settings) -> Registry:
         """Load the root model as the default endpoint."""
         registry = cls(settings.default_endpoint)
-        registry.add(LoadedModel.load(settings.root_model_dir, settings.default_endpoint))
+        registry.add(
+            LoadedModel.load(
+                settings.root_model_dir,
+                settings.default_endpoint,
+                compile=settings.compile_models,
+            )
+        )
         return registry
 
     def add(self, model: LoadedModel) -> None:

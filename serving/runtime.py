@@ -19,6 +19,13 @@ import sklearn
 from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from serving.compiled import (
+    CompiledPipeline,
+    NotCompilable,
+    compile_pipeline,
+    reference_rows,
+    verify,
+)
 from serving.schema import STRING, InputSchema
 
 logger = logging.getLogger(__name__)
@@ -29,6 +36,10 @@ PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE, METADATA_FILE = (
     "columns.json",
     "model.json",
 )
+
+
+# The issue's bar: compiled probabilities within 1e-6 of the pipeline's, or no fast path.
+FAST_PATH_TOLERANCE = 1e-6
 
 
 class ModelLoadError(Exception):
@@ -87,10 +98,18 @@ class LoadedModel:
             )
         self.positive_class = positive
         self._positive_index = self.classes.index(positive) if self.classes else None
+        self.compiled: CompiledPipeline | None = None
+        self.fast_path: dict[str, Any] = {"enabled": False, "reason": "not compiled"}
 
     @classmethod
-    def load(cls, folder: Path, endpoint: str, version: str | None = None) -> LoadedModel:
-        """Load and check a model folder; a broken folder raises ModelLoadError with a sentence."""
+    def load(
+        cls, folder: Path, endpoint: str, version: str | None = None, compile: bool = True
+    ) -> LoadedModel:
+        """Load and check a model folder; a broken folder raises ModelLoadError with a sentence.
+
+        With `compile`, also try the NumPy fast path and keep it only if it reproduces the
+        pipeline on reference rows within FAST_PATH_TOLERANCE.
+        """
         folder = Path(folder)
         for name in (PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE):
             if not (folder / name).is_file():
@@ -124,11 +143,53 @@ class LoadedModel:
             endpoint,
             str(version or metadata.get("version") or "1"),
         )
+        if compile:
+            model.enable_fast_path()
         logger.info(
             "loaded model",
-            extra={"endpoint": endpoint, "model_version": model.version, "folder": str(folder)},
+            extra={
+                "endpoint": endpoint,
+                "model_version": model.version,
+                "folder": str(folder),
+                "fast_path": model.fast_path,
+            },
         )
         return model
+
+    def enable_fast_path(self) -> None:
+        """Compile the pipeline to NumPy and verify it; on any doubt keep the pipeline."""
+        try:
+            compiled = compile_pipeline(self.pipeline, self.columns, self.dtypes)
+            rows = reference_rows(
+                self.columns, self.dtypes, self.metadata.get("profile"), self.pipeline
+            )
+            difference = verify(compiled, self.pipeline, self.frame, rows)
+        except NotCompilable as exc:
+            self._fall_back(str(exc))
+            return
+        except Exception as exc:  # a converter bug must cost speed, never availability
+            self._fall_back(f"compiling failed: {type(exc).__name__}: {exc}")
+            return
+        if not difference <= FAST_PATH_TOLERANCE:
+            self._fall_back(
+                f"compiled output differs from the pipeline by {difference:.3g} "
+                f"(tolerance {FAST_PATH_TOLERANCE:g})"
+            )
+            return
+        self.compiled = compiled
+        self.fast_path = {
+            "enabled": True,
+            "max_abs_difference": float(difference),
+            "reference_rows": len(rows),
+        }
+
+    def _fall_back(self, reason: str) -> None:
+        self.compiled = None
+        self.fast_path = {"enabled": False, "reason": reason}
+        logger.warning(
+            "fast path disabled, scoring with the pipeline itself",
+            extra={"endpoint": self.endpoint, "model_version": self.version, "reason": reason},
+        )
 
     @property
     def columns(self) -> list[str]:
@@ -153,15 +214,20 @@ class LoadedModel:
         """Score validated observations in one vectorised call."""
         if not observations:
             return []
-        frame = self.frame(observations)
         if self._positive_index is not None and hasattr(self.pipeline, "predict_proba"):
-            probabilities = self.pipeline.predict_proba(frame)
+            if self.compiled is not None:
+                probabilities = self.compiled.predict_proba(observations)
+            else:
+                probabilities = self.pipeline.predict_proba(self.frame(observations))
             best = probabilities.argmax(axis=1)
             return [
                 Score(float(row[self._positive_index]), self.classes[int(i)])
                 for row, i in zip(probabilities, best, strict=True)
             ]
-        values = self.pipeline.predict(frame)
+        if self.compiled is not None:
+            values = self.compiled.predict(observations)
+        else:
+            values = self.pipeline.predict(self.frame(observations))
         return [Score(None, _plain(v)) for v in values]
 
     def class_label(self, value: Any) -> Any:
@@ -185,6 +251,7 @@ class LoadedModel:
             "classes": self.classes,
             "positive_class": self.positive_class,
             "inputs": self.schema.describe(),
+            "fast_path": self.fast_path,
         }
 
 

@@ -8,11 +8,15 @@ import pickle
 from pathlib import Path
 
 import joblib
+import numpy as np
+import pandas as pd
 import pytest
 import sklearn
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression
 
 from serving import create_app
+from serving.compiled import as_matrix, register_transformer
 from serving.runtime import LoadedModel, ModelLoadError
 
 
@@ -104,3 +108,64 @@ def test_object_dtype_strings_get_nan_for_missing(tiny_model_dir: Path):
     frame = model.frame([{"x": 1.0, "k": 2, "color": None}])
     assert frame["color"].isna().all()
     assert frame["k"].dtype == "int64"
+
+
+def test_bundled_model_scores_on_the_verified_fast_path():
+    model = LoadedModel.load(Path(__file__).resolve().parent.parent, "default")
+    assert model.fast_path["enabled"] is True
+    assert model.fast_path["max_abs_difference"] <= 1e-6
+    assert model.info()["fast_path"] == model.fast_path
+
+
+def test_unsupported_step_falls_back_to_the_pipeline_and_says_why(tiny_model_dir: Path):
+    from sklearn.preprocessing import RobustScaler
+
+    pipeline = joblib.load(tiny_model_dir / "pipeline.pickle")
+    numeric = pipeline.steps[0][1].transformers[0]
+    pipeline.steps[0][1].transformers[0] = (numeric[0], RobustScaler(), numeric[2])
+    frame = pd.DataFrame(
+        {"x": [0.1, 1.0, -1.0, 2.0], "k": [1, 2, 3, 4], "color": ["red", "blue", "red", "green"]}
+    )
+    pipeline.fit(frame, [1, 0, 0, 1])
+    joblib.dump(pipeline, tiny_model_dir / "pipeline.pickle")
+    model = LoadedModel.load(tiny_model_dir, "tiny")
+    assert model.fast_path["enabled"] is False
+    assert "RobustScaler" in model.fast_path["reason"]
+    rows = [{"x": 0.5, "k": 2, "color": None}]
+    assert model.predict(rows)[0].proba == pipeline.predict_proba(model.frame(rows))[0][1]
+
+
+class Doubler(TransformerMixin, BaseEstimator):
+    """Doubles its input; its registered converter below triples it, a converter bug."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.asarray(X, dtype=float) * 2
+
+
+@register_transformer(Doubler)
+def _wrong_doubler(step: Doubler):
+    return lambda X: np.asarray(as_matrix(X), dtype=float) * 3
+
+
+def test_a_fast_path_that_disagrees_is_not_used(tiny_model_dir: Path):
+    pipeline = joblib.load(tiny_model_dir / "pipeline.pickle")
+    numeric = pipeline.steps[0][1].transformers[0]
+    pipeline.steps[0][1].transformers[0] = (numeric[0], Doubler(), numeric[2])
+    frame = pd.DataFrame(
+        {"x": [0.1, 1.0, -1.0, 2.0], "k": [1, 2, 3, 4], "color": ["red", "blue", "red", "green"]}
+    )
+    pipeline.fit(frame, [1, 0, 0, 1])
+    joblib.dump(pipeline, tiny_model_dir / "pipeline.pickle")
+    model = LoadedModel.load(tiny_model_dir, "tiny")
+    assert model.fast_path["enabled"] is False
+    assert "differs from the pipeline" in model.fast_path["reason"]
+    rows = [{"x": 0.5, "k": 2, "color": "red"}]
+    assert model.predict(rows)[0].proba == pipeline.predict_proba(model.frame(rows))[0][1]
+
+
+def test_compiling_can_be_switched_off(tiny_model_dir: Path):
+    model = LoadedModel.load(tiny_model_dir, "tiny", compile=False)
+    assert model.compiled is None and model.fast_path["enabled"] is False
