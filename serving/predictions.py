@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from serving.batching import MicroBatcher
-from serving.database import run_with_retry, write_transaction
+from serving.database import db, run_with_retry, write_transaction
 from serving.errors import Conflict, ObservationNotFound, detail
 from serving.payloads import id_key
 from serving.tables import Prediction, utcnow
@@ -60,14 +61,9 @@ def store(batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
 
     def work() -> dict[tuple[str, str], Prediction]:
         with write_transaction():
-            inserted = (
-                Prediction.insert_many(list(unique.values()))
-                .on_conflict_ignore()
-                .returning(Prediction.id, Prediction.endpoint, Prediction.observation_id)
-                .tuples()
-                .execute()
-            )
-            stored = {(e, o): Prediction(id=i, **unique[(e, o)]) for i, e, o in inserted}
+            stored = {
+                (e, o): Prediction(id=i, **unique[(e, o)]) for i, e, o in _insert(unique.values())
+            }
             stored.update(_fetch([key for key in unique if key not in stored]))
         return stored
 
@@ -76,6 +72,43 @@ def store(batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
         _outcome(item, row, stored[(row["endpoint"], row["observation_id"])])
         for item, row in zip(batch, rows, strict=True)
     ]
+
+
+_INSERTED = (
+    "endpoint",
+    "model_version",
+    "observation_id",
+    "observation",
+    "proba",
+    "prediction",
+    "created_at",
+)
+# Rows per INSERT statement: well under SQLite's limit of 32,766 bound parameters.
+_ROWS_PER_STATEMENT = 500
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_sql(rows: int, param: str) -> str:
+    # Written once per batch size: on the hot path, peewee building the same INSERT again
+    # for every batch cost more than executing it.
+    one = "(" + ", ".join([param] * len(_INSERTED)) + ")"
+    columns = ", ".join(f'"{c}"' for c in _INSERTED)
+    return (
+        f'INSERT INTO "prediction" ({columns}) VALUES {", ".join([one] * rows)} '
+        'ON CONFLICT DO NOTHING RETURNING "id", "endpoint", "observation_id"'
+    )
+
+
+def _insert(rows: Iterable[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """Insert-or-ignore; return (id, endpoint, observation_id) of the rows actually inserted."""
+    pending = list(rows)
+    inserted: list[tuple[int, str, str]] = []
+    for start in range(0, len(pending), _ROWS_PER_STATEMENT):
+        chunk = pending[start : start + _ROWS_PER_STATEMENT]
+        params = [row[column] for row in chunk for column in _INSERTED]
+        cursor = db.execute_sql(_insert_sql(len(chunk), db.obj.param), params)
+        inserted.extend(cursor.fetchall())
+    return inserted
 
 
 def _fetch(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Prediction]:
