@@ -31,6 +31,9 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 
+bench: $(VENV)/.dev  ## the benchmark against the naive baseline (needs wrk; about 6 minutes)
+	$(BIN)/python -m bench $(ARGS)
+
 migrate: $(VENV)/.prod
 	$(BIN)/flask --app app migrate
 

@@ -92,3 +92,25 @@ def test_unique_index_is_what_guards_duplicates(database_url, app):
     Prediction.insert(**row).execute()
     with pytest.raises(peewee.IntegrityError):
         Prediction.insert(**row).execute()
+
+
+def test_an_answered_prediction_is_already_committed(database_url, tmp_path):
+    # Read from a connection of our own the moment each 200 arrives: the row must be there.
+    database = open_database(Settings(database_url=database_url))
+
+    def predict_then_look(i: int) -> tuple[int, bool]:
+        body = {"id": f"ack-{i}", "observation": PASSENGER}
+        response = requests.post(f"{url}/predict", data=json.dumps(body), timeout=30)
+        with database.connection_context():
+            found = database.execute_sql(
+                f"SELECT COUNT(*) FROM prediction WHERE observation_id = {database.param}",
+                (f"ack-{i}",),
+            ).fetchone()[0]
+        return response.status_code, found == 1
+
+    with gunicorn(database_url, tmp_path, workers=2) as server:
+        url = server.url
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(predict_then_look, range(200)))
+    database.close_all()
+    assert results == [(200, True)] * 200
