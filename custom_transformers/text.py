@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 def as_text(value: object) -> str | None:
@@ -22,3 +24,34 @@ def map_cells(X: np.ndarray, func: Callable[[object], object]) -> np.ndarray:
     for index, value in np.ndenumerate(X):
         out[index] = func(value)
     return out
+
+
+class CellTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """A stateless transformer of text cells, one output cell per input cell.
+
+    Subclasses define `_cell(value) -> str`; missing cells (None, NaN, pd.NA, blank) map to
+    `fill_value` there.
+    """
+
+    def __init__(self, fill_value: str = "missing"):
+        self.fill_value = fill_value
+
+    def fit(self, X, y=None):
+        """Record the number and names of the input columns."""
+        validate_data(self, X, dtype=None, ensure_all_finite=False)
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Return an object array holding `_cell` of every cell."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=None, ensure_all_finite=False, reset=False)
+        return map_cells(X, self._cell)
+
+    def _cell(self, value: object) -> str:
+        raise NotImplementedError
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.string = True
+        return tags

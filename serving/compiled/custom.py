@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from custom_transformers import CabinDeck, CategoricalImputer, FamilySize
-from custom_transformers.text import map_cells
+from custom_transformers.text import CellTransformer, map_cells
 from serving.compiled.core import Transform, as_matrix, register_transformer
 
 
@@ -21,21 +21,12 @@ def _family_size(step: FamilySize) -> Transform:
 
 
 @register_transformer(CabinDeck)
-def _cabin_deck(step: CabinDeck) -> Transform:
-    # The fitted step's own cell function: one definition of a deck, shared with training.
-    deck = step._deck
-
-    def transform(X: Any) -> np.ndarray:
-        return map_cells(as_matrix(X), deck)
-
-    return transform
-
-
 @register_transformer(CategoricalImputer)
-def _categorical_imputer(step: CategoricalImputer) -> Transform:
-    category = step._category
+def _cell_transformer(step: CellTransformer) -> Transform:
+    # The fitted step's own cell function: one definition, shared with training.
+    cell = step._cell
 
     def transform(X: Any) -> np.ndarray:
-        return map_cells(as_matrix(X), category)
+        return map_cells(as_matrix(X), cell)
 
     return transform
