@@ -20,19 +20,9 @@ import requests
 
 from tests.conftest import using_postgres
 from tests.live import free_port, gunicorn
+from tests.samples import PASSENGER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres_only]
-
-PASSENGER = {
-    "Age": 22.0,
-    "Cabin": None,
-    "Embarked": "S",
-    "Fare": 7.25,
-    "Parch": 0,
-    "Pclass": 3,
-    "Sex": "male",
-    "SibSp": 1,
-}
 
 
 def _bin(name: str) -> str | None:

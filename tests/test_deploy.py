@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from tests.live import REPO_ROOT, gunicorn
+from tests.samples import PASSENGER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -66,23 +67,13 @@ def test_dockerfile_cmd_serves_from_prod_requirements_alone(prod_venv, tmp_path)
     assert not (app_dir / "tests").exists()
 
     database_url = f"sqlite:///{tmp_path / 'container.db'}"
-    passenger = {
-        "Age": 22.0,
-        "Cabin": None,
-        "Embarked": "S",
-        "Fare": 7.25,
-        "Parch": 0,
-        "Pclass": 3,
-        "Sex": "male",
-        "SibSp": 1,
-    }
     with gunicorn(
         database_url, tmp_path, command=[executable, *command[1:]], cwd=app_dir
     ) as server:
         predicted = requests.post(
             f"{server.url}/predict",
             timeout=30,
-            data=json.dumps({"id": 0, "observation": passenger}),
+            data=json.dumps({"id": 0, "observation": PASSENGER}),
         )
         assert predicted.status_code == 200
         assert 0 < predicted.json()["proba"] < 1

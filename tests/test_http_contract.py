@@ -7,17 +7,7 @@ import json
 import pytest
 
 from serving.tables import Prediction
-
-PASSENGER = {
-    "Age": 22.0,
-    "Cabin": None,
-    "Embarked": "S",
-    "Fare": 7.25,
-    "Parch": 0,
-    "Pclass": 3,
-    "Sex": "male",
-    "SibSp": 1,
-}
+from tests.samples import PASSENGER
 
 
 def post(client, path: str, body, **kwargs):

@@ -8,24 +8,13 @@ import pytest
 import requests
 
 from tests.live import gunicorn
+from tests.samples import PASSENGER
 
 pytestmark = pytest.mark.e2e
 
 
 def test_one_json_line_per_request(database_url, tmp_path):
-    body = {
-        "id": "log-1",
-        "observation": {
-            "Age": 22.0,
-            "Cabin": None,
-            "Embarked": "S",
-            "Fare": 7.25,
-            "Parch": 0,
-            "Pclass": 3,
-            "Sex": "male",
-            "SibSp": 1,
-        },
-    }
+    body = {"id": "log-1", "observation": PASSENGER}
     with gunicorn(database_url, tmp_path, workers=1) as server:
         requests.post(f"{server.url}/predict", data=json.dumps(body), timeout=30)
         requests.post(f"{server.url}/update", data='{"id": "nope", "true_class": 1}', timeout=30)

@@ -117,17 +117,23 @@ def test_bundled_model_scores_on_the_verified_fast_path():
     assert model.info()["fast_path"] == model.fast_path
 
 
-def test_unsupported_step_falls_back_to_the_pipeline_and_says_why(tiny_model_dir: Path):
-    from sklearn.preprocessing import RobustScaler
-
-    pipeline = joblib.load(tiny_model_dir / "pipeline.pickle")
+def refit_with_numeric_step(folder: Path, step) -> object:
+    """Swap the tiny model's numeric branch for `step`, refit, and save it over the pickle."""
+    pipeline = joblib.load(folder / "pipeline.pickle")
     numeric = pipeline.steps[0][1].transformers[0]
-    pipeline.steps[0][1].transformers[0] = (numeric[0], RobustScaler(), numeric[2])
+    pipeline.steps[0][1].transformers[0] = (numeric[0], step, numeric[2])
     frame = pd.DataFrame(
         {"x": [0.1, 1.0, -1.0, 2.0], "k": [1, 2, 3, 4], "color": ["red", "blue", "red", "green"]}
     )
     pipeline.fit(frame, [1, 0, 0, 1])
-    joblib.dump(pipeline, tiny_model_dir / "pipeline.pickle")
+    joblib.dump(pipeline, folder / "pipeline.pickle")
+    return pipeline
+
+
+def test_unsupported_step_falls_back_to_the_pipeline_and_says_why(tiny_model_dir: Path):
+    from sklearn.preprocessing import RobustScaler
+
+    pipeline = refit_with_numeric_step(tiny_model_dir, RobustScaler())
     model = LoadedModel.load(tiny_model_dir, "tiny")
     assert model.fast_path["enabled"] is False
     assert "RobustScaler" in model.fast_path["reason"]
@@ -151,14 +157,7 @@ def _wrong_doubler(step: Doubler):
 
 
 def test_a_fast_path_that_disagrees_is_not_used(tiny_model_dir: Path):
-    pipeline = joblib.load(tiny_model_dir / "pipeline.pickle")
-    numeric = pipeline.steps[0][1].transformers[0]
-    pipeline.steps[0][1].transformers[0] = (numeric[0], Doubler(), numeric[2])
-    frame = pd.DataFrame(
-        {"x": [0.1, 1.0, -1.0, 2.0], "k": [1, 2, 3, 4], "color": ["red", "blue", "red", "green"]}
-    )
-    pipeline.fit(frame, [1, 0, 0, 1])
-    joblib.dump(pipeline, tiny_model_dir / "pipeline.pickle")
+    pipeline = refit_with_numeric_step(tiny_model_dir, Doubler())
     model = LoadedModel.load(tiny_model_dir, "tiny")
     assert model.fast_path["enabled"] is False
     assert "differs from the pipeline" in model.fast_path["reason"]
