@@ -17,6 +17,8 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
+from tests.samples import PASSENGER
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = ["pipeline.pickle", "dtypes.pickle", "columns.json", "model.json"]
 NOTEBOOKS = ["train.ipynb", "deserialize.ipynb"]
@@ -96,15 +98,6 @@ def test_deserialize_notebook_predicts_with_the_committed_model(tmp_path):
     assert printed is not None
     with open(REPO_ROOT / "dtypes.pickle", "rb") as handle:
         dtypes = pickle.load(handle)
-    observation = {
-        "Age": np.nan,
-        "Cabin": np.nan,
-        "Embarked": "S",
-        "Fare": 7.25,
-        "Parch": 0,
-        "Pclass": 3,
-        "Sex": "male",
-        "SibSp": 1,
-    }
+    observation = {**PASSENGER, "Age": np.nan, "Cabin": np.nan}
     row = pd.DataFrame([observation], columns=list(dtypes.index)).astype(dtypes)
     assert printed.group(1) == f"{survival_proba(REPO_ROOT, row)[0]:.4f}"

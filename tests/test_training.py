@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.samples import PASSENGER
 from training import artifacts, titanic
 from training.__main__ import parse_args
 from training.data import REPO_ROOT
@@ -152,16 +153,7 @@ def test_string_columns_in_any_form_give_the_same_probabilities(trained, csv_inp
 
 def test_one_row_with_nulls_matches_the_batch(trained, csv_inputs):
     pipeline, dtypes, columns = load_folder(trained[0])
-    observation = {
-        "Age": None,
-        "Cabin": None,
-        "Embarked": "S",
-        "Fare": 7.25,
-        "Parch": 0,
-        "Pclass": 3,
-        "Sex": "male",
-        "SibSp": 1,
-    }
+    observation = {**PASSENGER, "Age": None}
     row = pd.DataFrame([observation], columns=columns).astype(dtypes)
     nan_row = row.astype(dict.fromkeys(STRING_COLUMNS, object)).replace({None: np.nan})
     proba = survival_proba(pipeline, row)[0]
