@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -33,15 +35,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# Writes up to this size reach a pipe in one piece (POSIX PIPE_BUF), so lines never interleave.
+_ATOMIC_WRITE = 4096
+
+
+class StdoutHandler(logging.Handler):
+    """JSON lines on stdout, each written with one os.write.
+
+    logging's usual handler lock made every request thread queue behind the one writing, and
+    under load the threads convoyed on it (throughput halved in some runs). A line that fits
+    in one atomic write needs no lock; longer ones, such as tracebacks, still take one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self._long_lines = threading.Lock()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit without the handler-wide lock."""
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record as one line."""
+        try:
+            data = (self.format(record) + "\n").encode()
+            if len(data) <= _ATOMIC_WRITE:
+                os.write(sys.stdout.fileno(), data)
+                return
+            with self._long_lines:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(sys.stdout.fileno(), view) :]
+        except Exception:
+            self.handleError(record)
+
+
 def configure(level: str) -> None:
     """Send every log record to stdout as JSON, once per process."""
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "_serving", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stdout)
-        handler._serving = True  # type: ignore[attr-defined]
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
+    if not any(isinstance(h, StdoutHandler) for h in root.handlers):
+        root.addHandler(StdoutHandler())
     root.setLevel(level)
 
 
