@@ -10,6 +10,7 @@ from serving import cli, database, logs, migrations
 from serving.config import Settings
 from serving.errors import register_error_handlers
 from serving.http import register_blueprints
+from serving.lifecycle import Lifecycle
 from serving.predictions import Writer
 from serving.registry import Registry
 from serving.scoring import Scorer
@@ -31,7 +32,12 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     database.init_app(app, settings)
     if settings.migrate_on_start:
         migrations.migrate()
-    app.extensions["registry"] = Registry.load(settings)
+    registry = Registry.load(settings)
+    app.extensions["registry"] = registry
+    lifecycle = Lifecycle(settings.status_refresh_seconds)
+    if settings.migrate_on_start:
+        lifecycle.seed((e, v, s) for (e, v), s in registry.declared.items())
+    app.extensions["lifecycle"] = lifecycle
     wait = settings.batch_max_wait_ms / 1000
     app.extensions["scorer"] = Scorer(settings.batch_max_rows, wait)
     app.extensions["writer"] = Writer(settings.batch_max_rows, wait)

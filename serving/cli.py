@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
+
 import click
-from flask import Flask
+from flask import Flask, current_app
 
 from serving import database, migrations
+from serving.errors import ServiceError
+from serving.lifecycle import STATUSES
 
 
 def init_app(app: Flask) -> None:
@@ -15,8 +19,35 @@ def init_app(app: Flask) -> None:
     def migrate_command() -> None:
         """Bring the database schema up to date."""
         applied = migrations.migrate()
+        registry = current_app.extensions["registry"]
+        current_app.extensions["lifecycle"].seed(
+            (e, v, s) for (e, v), s in registry.declared.items()
+        )
         database.close_all()
         if applied:
             click.echo(f"applied migrations {applied}; schema is at version {applied[-1]}")
         else:
             click.echo(f"schema is up to date at version {migrations.current_version()}")
+
+    @app.cli.command("set-status")
+    @click.argument("endpoint")
+    @click.argument("version")
+    @click.argument("status", type=click.Choice(STATUSES))
+    @click.option("--by", default=lambda: f"cli:{getpass.getuser()}", help="who is changing it")
+    @click.option("--reason", default=None, help="why, kept in the history")
+    def set_status_command(
+        endpoint: str, version: str, status: str, by: str, reason: str | None
+    ) -> None:
+        """Move a model version to testing, staging, production or archived."""
+        try:
+            changes = current_app.extensions["lifecycle"].change(
+                endpoint, version, status, by, reason
+            )
+        except ServiceError as exc:
+            raise click.ClickException(exc.message) from exc
+        finally:
+            database.close_all()
+        if not changes:
+            click.echo(f"{endpoint} version {version} is already {status}")
+        for change in changes:
+            click.echo(f"{endpoint} version {change.version}: {change.previous} -> {change.status}")

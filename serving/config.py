@@ -58,6 +58,8 @@ class Settings:
     migrate_on_start: bool = True
     batch_max_rows: int = 64
     compile_models: bool = True
+    skip_broken_models: bool = False
+    status_refresh_seconds: float = 2.0
     batch_max_wait_ms: float = 0.0
 
     @classmethod
@@ -86,6 +88,10 @@ class Settings:
             migrate_on_start=_bool(env, "MIGRATE_ON_START", defaults.migrate_on_start),
             batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows),
             compile_models=_bool(env, "COMPILE_MODELS", defaults.compile_models),
+            skip_broken_models=_bool(env, "SKIP_BROKEN_MODELS", defaults.skip_broken_models),
+            status_refresh_seconds=_float(
+                env, "STATUS_REFRESH_SECONDS", defaults.status_refresh_seconds
+            ),
             batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
         )
 

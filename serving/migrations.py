@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 
 import peewee
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as migrate_schema
 
 from serving.database import db, is_sqlite
 from serving.tables import utcnow
@@ -49,10 +51,39 @@ def _create_prediction_table(database: peewee.Database) -> None:
         database.create_tables([Prediction], safe=False)
 
 
+def _add_prediction_outputs(database: peewee.Database) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    migrate_schema(
+        migrator.add_column("prediction", "probabilities", peewee.TextField(null=True)),
+        migrator.add_column("prediction", "value", peewee.DoubleField(null=True)),
+    )
+
+
+def _create_version_status_table(database: peewee.Database) -> None:
+    class VersionStatus(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        version = peewee.CharField(max_length=100)
+        status = peewee.CharField(max_length=20)
+        previous = peewee.CharField(max_length=20, null=True)
+        changed_by = peewee.CharField(max_length=200)
+        reason = peewee.TextField(null=True)
+        changed_at = peewee.DateTimeField()
+
+        class Meta:
+            table_name = "version_status"
+            indexes = ((("endpoint", "version", "id"), False),)
+
+    with database.bind_ctx([VersionStatus]):
+        database.create_tables([VersionStatus], safe=False)
+
+
 Migration = tuple[int, str, Callable[[peewee.Database], None]]
 
 MIGRATIONS: list[Migration] = [
     (1, "create prediction", _create_prediction_table),
+    (2, "prediction: probabilities and regression value", _add_prediction_outputs),
+    (3, "create version_status", _create_version_status_table),
 ]
 
 
@@ -66,8 +97,9 @@ def current_version(database: peewee.Database | None = None) -> int:
     return latest or 0
 
 
-def migrate(database: peewee.Database | None = None) -> list[int]:
-    """Apply pending migrations in order, inside one locked transaction; return those applied."""
+def migrate(database: peewee.Database | None = None, target: int | None = None) -> list[int]:
+    """Apply pending migrations in order (up to `target`, default all) inside one locked
+    transaction; return those applied."""
     database = database or db.obj
     applied: list[int] = []
     lock = "IMMEDIATE" if is_sqlite(database) else None
@@ -79,7 +111,7 @@ def migrate(database: peewee.Database | None = None) -> list[int]:
         database.create_tables([SchemaVersion], safe=True)
         done = current_version(database)
         for version, name, step in MIGRATIONS:
-            if version <= done:
+            if version <= done or (target is not None and version > target):
                 continue
             logger.info("applying migration %s: %s", version, name)
             step(database)

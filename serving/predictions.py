@@ -30,6 +30,8 @@ class NewPrediction:
     observation: dict[str, Any]
     proba: float | None
     label: Any
+    probabilities: dict[str, float] | None = None
+    value: float | None = None
 
     def row(self) -> dict[str, Any]:
         """The columns of its table row."""
@@ -40,6 +42,10 @@ class NewPrediction:
             "observation": canonical_json(self.observation),
             "proba": self.proba,
             "prediction": canonical_json(self.label),
+            "probabilities": None
+            if self.probabilities is None
+            else canonical_json(self.probabilities),
+            "value": self.value,
             "created_at": utcnow(),
         }
 
@@ -81,6 +87,8 @@ _INSERTED = (
     "observation",
     "proba",
     "prediction",
+    "probabilities",
+    "value",
     "created_at",
 )
 # Rows per INSERT statement: well under SQLite's limit of 32,766 bound parameters.
@@ -196,7 +204,7 @@ def _not_found(observation_id: str | int) -> ObservationNotFound:
 
 def to_json(row: Prediction, observation_id: str | int | None = None) -> dict[str, Any]:
     """A stored prediction as the API returns it; the id is echoed as the caller spelled it."""
-    return {
+    answer = {
         "id": row.id,
         "observation_id": row.observation_id if observation_id is None else observation_id,
         "observation": json.loads(row.observation),
@@ -208,6 +216,9 @@ def to_json(row: Prediction, observation_id: str | int | None = None) -> dict[st
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
     }
+    if row.probabilities is not None:
+        answer["probabilities"] = json.loads(row.probabilities)
+    return answer
 
 
 def _iso(value: Any) -> str | None:

@@ -1,12 +1,23 @@
-"""Which models this process serves, by endpoint and version."""
+"""Which models this process serves, by endpoint and version, and which one answers a request."""
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from serving.config import Settings
-from serving.errors import NotFound
-from serving.runtime import LoadedModel
+from serving.errors import Conflict, NotFound, detail
+from serving.lifecycle import ARCHIVED, PRODUCTION, TESTING, check_status
+from serving.runtime import LoadedModel, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# Endpoint and version names appear in URLs and folder names: keep them plain.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 @dataclass
@@ -15,43 +26,144 @@ class Registry:
 
     default_endpoint: str
     models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict)
+    # Versions that failed to load while SKIP_BROKEN_MODELS was set: reported, not served.
+    broken: list[dict[str, str]] = field(default_factory=list)
+    declared: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, settings: Settings) -> Registry:
-        """Load the root model as the default endpoint."""
+        """Load the root model as the default endpoint, then every models/<endpoint>/<version>/.
+
+        Only folders the operator put there are read; nothing a request names is ever loaded.
+        """
         registry = cls(settings.default_endpoint)
-        registry.add(
-            LoadedModel.load(
-                settings.root_model_dir,
-                settings.default_endpoint,
-                compile=settings.compile_models,
-            )
-        )
+        registry._load_one(settings, settings.root_model_dir, settings.default_endpoint, None)
+        if settings.models_dir.is_dir():
+            for endpoint_dir in sorted(p for p in settings.models_dir.iterdir() if p.is_dir()):
+                for version_dir in sorted(p for p in endpoint_dir.iterdir() if p.is_dir()):
+                    registry._load_one(settings, version_dir, endpoint_dir.name, version_dir.name)
         return registry
 
-    def add(self, model: LoadedModel) -> None:
-        """Serve one more model version."""
-        self.models.setdefault(model.endpoint, {})[model.version] = model
+    def _load_one(
+        self, settings: Settings, folder: Path, endpoint: str, version: str | None
+    ) -> None:
+        try:
+            model = self._checked(settings, folder, endpoint, version)
+        except ModelLoadError as exc:
+            if not settings.skip_broken_models:
+                raise
+            logger.error(
+                "skipping broken model folder", extra={"folder": str(folder), "error": str(exc)}
+            )
+            self.broken.append(
+                {
+                    "endpoint": endpoint,
+                    "version": version or "?",
+                    "folder": str(folder),
+                    "error": str(exc),
+                }
+            )
+            return
+        self.models.setdefault(endpoint, {})[model.version] = model
+        first = PRODUCTION if version is None else TESTING
+        self.declared[(endpoint, model.version)] = model.metadata.get("initial_status", first)
 
-    def get(self, endpoint: str, version: str | None = None) -> LoadedModel:
-        """The model answering for an endpoint: the given version, or its newest one."""
+    @staticmethod
+    def _checked(
+        settings: Settings, folder: Path, endpoint: str, version: str | None
+    ) -> LoadedModel:
+        if not _NAME.match(endpoint):
+            raise ModelLoadError(
+                f"model folder {folder}: {endpoint!r} is not a valid endpoint name"
+            )
+        if version is not None and not _NAME.match(version):
+            raise ModelLoadError(f"model folder {folder}: {version!r} is not a valid version name")
+        model = LoadedModel.load(folder, endpoint, version, compile=settings.compile_models)
+        declared = model.metadata.get("version")
+        if version is not None and declared is not None and str(declared) != version:
+            raise ModelLoadError(
+                f"model folder {folder}: model.json says version {declared!r} but the folder "
+                f"is named {version!r}"
+            )
+        status = model.metadata.get("initial_status")
+        if status is not None and status not in (TESTING, "staging", PRODUCTION, ARCHIVED):
+            raise ModelLoadError(f"model folder {folder}: unknown initial_status {status!r}")
+        if model.metadata.get("out_of_range", "warn") not in ("warn", "reject"):
+            raise ModelLoadError(f"model folder {folder}: out_of_range must be 'warn' or 'reject'")
+        return model
+
+    def endpoint(self, endpoint: str) -> dict[str, LoadedModel]:
+        """The versions of an endpoint; NotFound when there is no such endpoint."""
         versions = self.models.get(endpoint)
         if not versions:
-            raise NotFound(f"There is no endpoint named {endpoint!r}.")
-        if version is None:
-            return versions[max(versions, key=_version_order)]
-        if version not in versions:
-            raise NotFound(f"Endpoint {endpoint!r} has no version {version!r}.")
-        return versions[version]
+            raise NotFound(
+                f"There is no endpoint named {endpoint!r}.",
+                [detail("endpoint", f"unknown; known: {sorted(self.models)}")],
+            )
+        return versions
+
+    def resolve(
+        self,
+        endpoint: str,
+        statuses: Mapping[tuple[str, str], str],
+        version: str | None = None,
+        status: str | None = None,
+    ) -> LoadedModel:
+        """The version that answers: the one named, else the one in `status` (production)."""
+        versions = self.endpoint(endpoint)
+        if version is not None:
+            model = versions.get(version)
+            if model is None:
+                raise NotFound(
+                    f"Endpoint {endpoint!r} has no version {version!r}.",
+                    [detail("version", f"unknown; known: {sorted(versions, key=version_order)}")],
+                )
+            if statuses.get((endpoint, version)) == ARCHIVED:
+                raise Conflict(
+                    f"Version {version!r} of {endpoint!r} is archived; change its status to "
+                    "serve it again.",
+                    [detail("version", "archived")],
+                )
+            return model
+        wanted = check_status(status or PRODUCTION)
+        matching = sorted(
+            (v for v in versions if statuses.get((endpoint, v)) == wanted), key=version_order
+        )
+        if not matching:
+            raise NotFound(
+                f"No version of {endpoint!r} is in {wanted}.",
+                [detail("status", f"no version in {wanted}")],
+            )
+        if len(matching) > 1:
+            raise Conflict(
+                f"Versions {', '.join(matching)} of {endpoint!r} are all in {wanted}; choose "
+                "one with ?version=.",
+                [detail("version", f"ambiguous: {matching} are in {wanted}")],
+            )
+        return versions[matching[0]]
 
     def find(self, endpoint: str, version: str) -> LoadedModel | None:
         """A loaded version, or None when this process does not serve it."""
         return self.models.get(endpoint, {}).get(version)
 
+    def describe(self, statuses: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
+        """Every endpoint with its versions and their statuses."""
+        return [
+            {
+                "endpoint": endpoint,
+                "default": endpoint == self.default_endpoint,
+                "versions": [
+                    {"version": v, "status": statuses.get((endpoint, v)), "task": versions[v].task}
+                    for v in sorted(versions, key=version_order)
+                ],
+            }
+            for endpoint, versions in sorted(self.models.items())
+        ]
+
     def __len__(self) -> int:
         return sum(len(v) for v in self.models.values())
 
 
-def _version_order(version: str) -> tuple[int, int | str]:
-    # "10" sorts after "9"; non-numeric versions sort after numeric ones, by text.
+def version_order(version: str) -> tuple[int, int | str]:
+    """Sort key: "10" after "9"; non-numeric versions after numeric ones, by text."""
     return (0, int(version)) if version.isdigit() else (1, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -52,6 +53,10 @@ class Score:
 
     proba: float | None
     label: Any
+    # Multi-class models: every class's probability, keyed by the label's text.
+    probabilities: dict[str, float] | None = None
+    # Regression models: the predicted value (also in `label`).
+    value: float | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -87,19 +92,29 @@ class LoadedModel:
         self.version = version
         self.dtypes = {f.name: f.dtype for f in schema.fields}
         self.classes = [_plain(c) for c in getattr(pipeline, "classes_", [])]
+        if self.classes and not hasattr(pipeline, "predict_proba"):
+            raise ModelLoadError(
+                f"model folder {folder}: {PIPELINE_FILE} is a classifier without predict_proba"
+            )
+        binary = len(self.classes) == 2
         self.task = metadata.get("task") or (
-            "binary_classification" if len(self.classes) == 2 else "classification"
+            "regression"
+            if not self.classes
+            else "binary_classification"
+            if binary
+            else "multiclass_classification"
         )
-        positive = metadata.get("positive_class", self.classes[-1] if self.classes else None)
-        if self.classes and positive not in self.classes:
+        positive = metadata.get("positive_class", self.classes[-1] if binary else None)
+        if binary and positive not in self.classes:
             raise ModelLoadError(
                 f"{folder / METADATA_FILE}: positive_class {positive!r} is not one of the "
                 f"pipeline's classes {self.classes}"
             )
-        self.positive_class = positive
-        self._positive_index = self.classes.index(positive) if self.classes else None
+        self.positive_class = positive if binary else None
+        self._positive_index = self.classes.index(positive) if binary else None
         self.compiled: CompiledPipeline | None = None
         self.fast_path: dict[str, Any] = {"enabled": False, "reason": "not compiled"}
+        self.rejects_surprises = metadata.get("out_of_range") == "reject"
 
     @classmethod
     def load(
@@ -132,7 +147,7 @@ class LoadedModel:
                 f"{unknown}"
             )
         try:
-            schema = InputSchema.from_columns(columns, dtypes)
+            schema = InputSchema.from_columns(columns, dtypes, metadata.get("profile"))
         except ValueError as exc:
             raise ModelLoadError(f"model folder {folder}: {exc}") from exc
         model = cls(
@@ -214,26 +229,40 @@ class LoadedModel:
         """Score validated observations in one vectorised call."""
         if not observations:
             return []
-        if self._positive_index is not None and hasattr(self.pipeline, "predict_proba"):
+        if self.classes:
             if self.compiled is not None:
                 probabilities = self.compiled.predict_proba(observations)
             else:
                 probabilities = self.pipeline.predict_proba(self.frame(observations))
             best = probabilities.argmax(axis=1)
+            if self._positive_index is not None:
+                return [
+                    Score(float(row[self._positive_index]), self.classes[int(i)])
+                    for row, i in zip(probabilities, best, strict=True)
+                ]
+            names = [str(c) for c in self.classes]
             return [
-                Score(float(row[self._positive_index]), self.classes[int(i)])
+                Score(
+                    float(row[i]),
+                    self.classes[int(i)],
+                    dict(zip(names, map(float, row), strict=True)),
+                )
                 for row, i in zip(probabilities, best, strict=True)
             ]
         if self.compiled is not None:
             values = self.compiled.predict(observations)
         else:
             values = self.pipeline.predict(self.frame(observations))
-        return [Score(None, _plain(v)) for v in values]
+        return [Score(None, float(v), value=float(v)) for v in values]
 
-    def class_label(self, value: Any) -> Any:
-        """The class label a caller meant, matched exactly or by its text; None if unknown."""
+    def truth(self, value: Any) -> Any:
+        """The ground truth a caller meant: a class label matched exactly or by its text, or a
+        finite number for a regression; None when it is neither."""
         if isinstance(value, (bool, list | dict)):
             return None
+        if not self.classes:
+            finite = isinstance(value, int | float) and math.isfinite(value)
+            return float(value) if finite else None
         for label in self.classes:
             if value == label and not isinstance(label, bool):
                 return label

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -25,6 +24,10 @@ class Field:
     # An int64 column cannot hold a missing value, so training never saw one there.
     nullable: bool = True
     categories: tuple[Any, ...] | None = None
+    # From the training profile in model.json: the range and the categories seen in training.
+    minimum: float | None = None
+    maximum: float | None = None
+    seen: frozenset[Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The field as the API's schema documents show it."""
@@ -36,7 +39,21 @@ class Field:
         }
         if self.categories is not None:
             out["categories"] = list(self.categories)
+        if self.minimum is not None:
+            out["training_range"] = [self.minimum, self.maximum]
+        if self.seen is not None:
+            out["training_categories"] = sorted(self.seen, key=str)
         return out
+
+    def surprise(self, value: Any) -> str | None:
+        """Why a valid value lies outside what training saw, or None when it does not."""
+        if value is None:
+            return None
+        if self.minimum is not None and not self.minimum <= value <= self.maximum:
+            return f"{value!r} is outside the training range [{self.minimum}, {self.maximum}]"
+        if self.seen is not None and value not in self.seen:
+            return f"{value!r} was not seen in training"
+        return None
 
 
 def field_for(name: str, dtype: Any) -> Field:
@@ -123,12 +140,26 @@ class InputSchema:
         object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
 
     @classmethod
-    def from_columns(cls, columns: Sequence[str], dtypes: Mapping[str, Any]) -> InputSchema:
-        """Build the schema; every column needs a dtype."""
+    def from_columns(
+        cls,
+        columns: Sequence[str],
+        dtypes: Mapping[str, Any],
+        profile: Mapping[str, Any] | None = None,
+    ) -> InputSchema:
+        """Build the schema; every column needs a dtype. A training profile adds ranges."""
         missing = [c for c in columns if c not in dtypes]
         if missing:
             raise ValueError(f"dtypes has no entry for columns {missing}")
-        return cls(tuple(field_for(c, dtypes[c]) for c in columns))
+        fields = []
+        for column in columns:
+            f = field_for(column, dtypes[column])
+            seen = (profile or {}).get(column) or {}
+            if f.kind in (NUMBER, INTEGER) and "min" in seen and "max" in seen:
+                f = replace(f, minimum=seen["min"], maximum=seen["max"])
+            elif f.kind in (STRING, CATEGORY) and "frequencies" in seen:
+                f = replace(f, seen=frozenset(seen["frequencies"]))
+            fields.append(f)
+        return cls(tuple(fields))
 
     @property
     def columns(self) -> list[str]:
@@ -136,11 +167,13 @@ class InputSchema:
         return [f.name for f in self.fields]
 
     def validate(
-        self, observation: Any, prefix: str = "observation"
+        self, observation: Any, prefix: str = "observation", reject_surprises: bool = False
     ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        """Check one observation; return it normalised, plus warnings for ignored extra keys.
+        """Check one observation; return it normalised, plus warnings: ignored extra keys,
+        values outside the training range, categories training never saw.
 
-        Raises InvalidInput naming every bad field at once.
+        Raises InvalidInput naming every bad field at once; with `reject_surprises`, values
+        outside the training data are errors too.
         """
         if not isinstance(observation, dict):
             raise InvalidInput(
@@ -162,18 +195,25 @@ class InputSchema:
         if problems:
             names = ", ".join(p["field"] for p in problems)
             raise InvalidInput(f"The observation has invalid fields: {names}.", problems)
-        warnings = [
+        surprises = [
+            detail(f"{prefix}.{f.name}", problem)
+            for f in self.fields
+            if (problem := f.surprise(clean[f.name])) is not None
+        ]
+        if surprises and reject_surprises:
+            names = ", ".join(p["field"] for p in surprises)
+            raise InvalidInput(
+                f"This model does not extrapolate, and these fields lie outside its training "
+                f"data: {names}.",
+                surprises,
+            )
+        unknown = [
             detail(f"{prefix}.{key}", "unknown field, ignored")
             for key in observation
             if key not in self.by_name
         ]
-        return clean, warnings
+        return clean, unknown + surprises
 
     def describe(self) -> list[dict[str, Any]]:
         """The fields as the API documents them."""
         return [f.describe() for f in self.fields]
-
-
-def is_missing(value: Any) -> bool:
-    """None or NaN, the two spellings of a missing value."""
-    return value is None or (isinstance(value, float) and math.isnan(value))

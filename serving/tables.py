@@ -34,7 +34,27 @@ class Prediction(BaseTable):
     true_class = peewee.TextField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(null=True)
+    # Added by migration 2: every class's probability (multi-class), the regression value.
+    probabilities = peewee.TextField(null=True)
+    value = peewee.DoubleField(null=True)
 
     class Meta:
         table_name = "prediction"
         indexes = ((("endpoint", "observation_id"), True),)
+
+
+class VersionStatus(BaseTable):
+    """One status change of a model version; the latest row per version is its status."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    version = peewee.CharField(max_length=100)
+    status = peewee.CharField(max_length=20)
+    previous = peewee.CharField(max_length=20, null=True)
+    changed_by = peewee.CharField(max_length=200)
+    reason = peewee.TextField(null=True)
+    changed_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "version_status"
+        indexes = ((("endpoint", "version", "id"), False),)

@@ -55,9 +55,15 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def app(database_url: str):
-    """The service on the bundled Titanic model and a fresh database."""
-    application = create_app({"database_url": database_url, "root_model_dir": REPO_ROOT})
+def app(database_url: str, tmp_path: Path):
+    """The service on the bundled Titanic model alone and a fresh database."""
+    application = create_app(
+        {
+            "database_url": database_url,
+            "root_model_dir": REPO_ROOT,
+            "models_dir": tmp_path / "no-more-models",
+        }
+    )
     yield application
     from serving.database import close_all
 
@@ -76,19 +82,19 @@ def runner(app):
     return app.test_cli_runner()
 
 
-def fit_tiny_model(folder: Path) -> Path:
-    """Write a small, valid model folder: two numeric and one text input, binary target."""
+def _tiny_frame(n: int = 200) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    n = 200
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "x": rng.normal(size=n),
             "k": rng.integers(0, 5, size=n),
             "color": rng.choice(["red", "green", "blue"], size=n).astype(object),
         }
     )
-    target = (frame["x"] + (frame["color"] == "red") > 0.5).astype(int)
-    pipeline = make_pipeline(
+
+
+def _tiny_pipeline(estimator):
+    return make_pipeline(
         ColumnTransformer(
             [
                 ("num", SimpleImputer(), ["x", "k"]),
@@ -102,16 +108,50 @@ def fit_tiny_model(folder: Path) -> Path:
                 ),
             ]
         ),
-        LogisticRegression(),
+        estimator,
     )
-    pipeline.fit(frame, target)
+
+
+def write_model(folder: Path, pipeline, frame: pd.DataFrame, metadata: dict) -> Path:
+    """Write a model folder the way the training package does."""
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, folder / "pipeline.pickle")
     with (folder / "dtypes.pickle").open("wb") as handle:
         pickle.dump(frame.dtypes, handle)
     (folder / "columns.json").write_text(json.dumps(list(frame.columns)))
-    (folder / "model.json").write_text(json.dumps({"name": "tiny", "version": "1"}))
+    (folder / "model.json").write_text(json.dumps(metadata))
     return folder
+
+
+def fit_tiny_model(folder: Path, shift: float = 0.5, **metadata) -> Path:
+    """A small, valid binary model: two numeric and one text input. `shift` moves its
+    decision boundary, so versions fitted with different shifts answer differently."""
+    frame = _tiny_frame()
+    target = (frame["x"] + (frame["color"] == "red") > shift).astype(int)
+    pipeline = _tiny_pipeline(LogisticRegression()).fit(frame, target)
+    return write_model(folder, pipeline, frame, {"name": "tiny", "version": "1", **metadata})
+
+
+def fit_tiny_multiclass(folder: Path, **metadata) -> Path:
+    """A three-class model on the same inputs."""
+    frame = _tiny_frame()
+    target = np.where(frame["x"] < -0.5, "low", np.where(frame["x"] > 0.5, "high", "mid"))
+    pipeline = _tiny_pipeline(LogisticRegression()).fit(frame, target)
+    return write_model(folder, pipeline, frame, {"name": "tiers", **metadata})
+
+
+def fit_tiny_regression(folder: Path, **metadata) -> Path:
+    """A linear regression on the same inputs, with a training profile for range checks."""
+    from sklearn.linear_model import LinearRegression
+
+    frame = _tiny_frame()
+    target = 3 * frame["x"] + frame["k"]
+    pipeline = _tiny_pipeline(LinearRegression()).fit(frame, target)
+    profile = {
+        "x": {"kind": "numeric", "min": float(frame["x"].min()), "max": float(frame["x"].max())},
+        "color": {"kind": "categorical", "frequencies": {"red": 0.3, "green": 0.3, "blue": 0.4}},
+    }
+    return write_model(folder, pipeline, frame, {"name": "line", "profile": profile, **metadata})
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def test_predict_returns_probability_of_positive_class(client, app):
     response = post(client, "/predict", {"id": 0, "observation": PASSENGER})
     assert response.status_code == 200
     body = response.get_json()
-    model = app.extensions["registry"].get("default")
+    model = app.extensions["registry"].find("default", "1")
     expected = model.pipeline.predict_proba(model.frame([PASSENGER]))[0][1]
     assert body["proba"] == pytest.approx(expected, abs=1e-12)
     assert 0 < body["proba"] < 0.5
@@ -139,7 +139,7 @@ def test_null_and_nan_mean_missing(client, spelling):
 
 
 def test_missing_values_match_pandas_nan(client, app):
-    model = app.extensions["registry"].get("default")
+    model = app.extensions["registry"].find("default", "1")
     observation = {**PASSENGER, "Age": None, "Embarked": None}
     response = post(client, "/predict", {"id": 1, "observation": observation})
     import numpy as np

@@ -58,6 +58,40 @@ def test_flask_migrate_command_migrates_a_fresh_database(database_url):
     runner = app.test_cli_runner()
     first = runner.invoke(args=["migrate"])
     assert first.exit_code == 0, first.output
-    assert "applied migrations [1]" in first.output
+    every = [v for v, _, _ in migrations.MIGRATIONS]
+    assert f"applied migrations {every}" in first.output
     again = runner.invoke(args=["migrate"])
-    assert "up to date at version 1" in again.output
+    assert f"up to date at version {every[-1]}" in again.output
+
+
+def test_a_database_written_by_the_first_schema_upgrades_in_place(database_url, tmp_path):
+    from serving import create_app
+    from tests.live import REPO_ROOT
+
+    # The database as the foundation release left it: schema version 1 and a stored row.
+    db.initialize(open_database(Settings(database_url=database_url)))
+    assert migrations.migrate(target=1) == [1]
+    db.execute_sql(
+        "INSERT INTO prediction (endpoint, model_version, observation_id, observation, proba,"
+        " prediction, true_class, created_at) VALUES"
+        f" ({', '.join([db.param] * 8)})",
+        ("default", "1", "old-1", '{"Age":22.0}', 0.25, "0", None, "2026-11-01 10:00:00"),
+    )
+    db.close()
+
+    app = create_app(
+        {"database_url": database_url, "root_model_dir": REPO_ROOT, "models_dir": tmp_path / "none"}
+    )
+    assert migrations.current_version() == migrations.MIGRATIONS[-1][0]
+    columns = {c.name for c in db.get_columns("prediction")}
+    assert {"probabilities", "value"} <= columns
+    assert db.table_exists("version_status")
+    client = app.test_client()
+    updated = client.post("/update", data='{"id": "old-1", "true_class": 1}').get_json()
+    assert (updated["proba"], updated["true_class"], updated["observation"]) == (
+        0.25,
+        1,
+        {"Age": 22.0},
+    )
+    statuses = client.get("/api/v1/endpoints").get_json()["endpoints"][0]["versions"]
+    assert statuses == [{"version": "1", "status": "production", "task": "binary_classification"}]

@@ -2,10 +2,11 @@
 
 from flask import Flask
 
-from serving.http import health, predictions
+from serving.http import endpoints, health, predictions
 
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint to the app."""
     app.register_blueprint(health.blueprint)
     app.register_blueprint(predictions.blueprint)
+    app.register_blueprint(endpoints.blueprint)

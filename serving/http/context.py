@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
+from serving.lifecycle import Lifecycle
 from serving.predictions import Writer
 from serving.registry import Registry
 from serving.scoring import Scorer
@@ -12,6 +13,11 @@ from serving.scoring import Scorer
 def registry() -> Registry:
     """The model registry of the running app."""
     return current_app.extensions["registry"]
+
+
+def lifecycle() -> Lifecycle:
+    """The app's view of version statuses."""
+    return current_app.extensions["lifecycle"]
 
 
 def scorer() -> Scorer:

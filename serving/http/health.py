@@ -23,6 +23,8 @@ def health() -> dict[str, Any]:
 def ready() -> tuple[dict[str, Any], int]:
     """Ready to serve: the database answers and at least one model is loaded."""
     checks: dict[str, Any] = {"models_loaded": len(registry())}
+    if registry().broken:
+        checks["broken_models"] = registry().broken
     try:
         version, latest = current_version(), MIGRATIONS[-1][0]
         checks["database"] = (

@@ -1,14 +1,14 @@
-"""The tutorial contract: POST /predict and POST /update on the default endpoint."""
+"""Predict and update: the tutorial routes on the default endpoint, and /api/v1/<endpoint>/…"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 
 from serving import predictions
 from serving.errors import Conflict, InvalidInput, detail
-from serving.http.context import annotate, body, registry, scorer, writer
+from serving.http.context import annotate, body, lifecycle, registry, scorer, writer
 from serving.payloads import parse_predict_body, parse_update_body
 
 blueprint = Blueprint("predictions", __name__)
@@ -19,13 +19,31 @@ def _default_endpoint() -> str:
 
 
 @blueprint.post("/predict")
-def predict() -> tuple[dict[str, Any], int]:
-    """Score one observation with the default endpoint's model and store it."""
+def predict_default() -> tuple[dict[str, Any], int]:
+    """Score one observation with the default endpoint's production version and store it."""
+    return predict(_default_endpoint())
+
+
+@blueprint.post("/update")
+def update_default() -> tuple[dict[str, Any], int]:
+    """Record the true class of a prediction made by the default endpoint."""
+    return update(_default_endpoint())
+
+
+@blueprint.post("/api/v1/<endpoint>/predict")
+def predict(endpoint: str) -> tuple[dict[str, Any], int]:
+    """Score one observation with the version chosen by ?version= or ?status= (production)."""
     request_body = parse_predict_body(body())
-    endpoint = _default_endpoint()
     annotate(endpoint=endpoint, observation_id=request_body.observation_id)
-    model = registry().get(endpoint)
-    observation, warnings = model.schema.validate(request_body.observation)
+    model = registry().resolve(
+        endpoint,
+        lifecycle().statuses(),
+        version=request.args.get("version"),
+        status=request.args.get("status"),
+    )
+    observation, warnings = model.schema.validate(
+        request_body.observation, reject_surprises=model.rejects_surprises
+    )
     [result] = scorer().score(model, [observation])
     [outcome] = writer().store(
         [
@@ -36,6 +54,8 @@ def predict() -> tuple[dict[str, Any], int]:
                 observation,
                 result.proba,
                 result.label,
+                result.probabilities,
+                result.value,
             )
         ]
     )
@@ -47,25 +67,21 @@ def predict() -> tuple[dict[str, Any], int]:
     return answer, 200
 
 
-@blueprint.post("/update")
-def update() -> tuple[dict[str, Any], int]:
-    """Record the true class of a stored prediction; a second update overwrites it."""
+@blueprint.post("/api/v1/<endpoint>/update")
+def update(endpoint: str) -> tuple[dict[str, Any], int]:
+    """Record the true class (or value) of a stored prediction; a second update overwrites."""
     request_body = parse_update_body(body())
-    endpoint = _default_endpoint()
+    versions = registry().endpoint(endpoint)
     annotate(endpoint=endpoint, observation_id=request_body.observation_id)
     stored = predictions.find(endpoint, request_body.observation_id)
-    model = registry().find(endpoint, stored.model_version) or registry().get(endpoint)
-    label = model.class_label(request_body.true_class)
-    if label is None:
+    model = versions.get(stored.model_version) or next(iter(versions.values()))
+    truth = model.truth(request_body.true_class)
+    if truth is None:
+        expected = f"one of {model.classes}" if model.classes else "a number"
         raise InvalidInput(
-            f"'true_class' must be one of the model's classes {model.classes}.",
-            [
-                detail(
-                    "true_class",
-                    f"expected one of {model.classes}, got {request_body.true_class!r}",
-                )
-            ],
+            f"'true_class' must be {expected}.",
+            [detail("true_class", f"expected {expected}, got {request_body.true_class!r}")],
         )
-    row = predictions.record_truth(endpoint, request_body.observation_id, label)
+    row = predictions.record_truth(endpoint, request_body.observation_id, truth)
     annotate(model_version=row.model_version)
     return predictions.to_json(row, request_body.observation_id), 200

@@ -1,0 +1,176 @@
+"""Version statuses: testing, staging, production, archived, with their history.
+
+The database is the source of truth, so every worker and replica agrees: the latest
+`version_status` row of a version is its status. Each process caches the statuses for a few
+seconds, which is how quickly a promotion reaches every worker without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from serving.database import db, is_sqlite, run_with_retry, write_transaction
+from serving.errors import Conflict, InvalidInput, NotFound, detail
+from serving.tables import VersionStatus
+
+TESTING, STAGING, PRODUCTION, ARCHIVED = "testing", "staging", "production", "archived"
+STATUSES = (TESTING, STAGING, PRODUCTION, ARCHIVED)
+
+# Any constant: status changes on one database take turns behind this advisory lock.
+_PG_LOCK_KEY = 7_402_114
+
+Key = tuple[str, str]
+
+
+def check_status(status: Any, field: str = "status") -> str:
+    """A valid status name, or InvalidInput naming the field."""
+    if status not in STATUSES:
+        raise InvalidInput(
+            f"'{field}' must be one of {', '.join(STATUSES)}.",
+            [detail(field, f"expected one of {list(STATUSES)}, got {status!r}")],
+        )
+    return status
+
+
+def _latest() -> dict[Key, str]:
+    rows = VersionStatus.select(
+        VersionStatus.endpoint, VersionStatus.version, VersionStatus.status
+    ).order_by(VersionStatus.id)
+    return {(r.endpoint, r.version): r.status for r in rows}
+
+
+def _lock() -> None:
+    if not is_sqlite():
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+
+
+class Lifecycle:
+    """Reads and changes version statuses; reads are cached for `refresh_seconds`."""
+
+    def __init__(self, refresh_seconds: float):
+        self._refresh = refresh_seconds
+        self._lock = threading.Lock()
+        self._cached: dict[Key, str] = {}
+        self._read_at = float("-inf")
+
+    def seed(self, declared: Iterable[tuple[str, str, str]]) -> None:
+        """Give versions without history their declared first status (endpoint, version, status).
+
+        The database wins over the folder: a version declaring production becomes testing when
+        its endpoint already has a production version.
+        """
+
+        def work() -> None:
+            with write_transaction():
+                _lock()
+                current = _latest()
+                producing = {e for (e, _v), s in current.items() if s == PRODUCTION}
+                for endpoint, version, status in declared:
+                    if (endpoint, version) in current:
+                        continue
+                    if status == PRODUCTION and endpoint in producing:
+                        status = TESTING
+                    if status == PRODUCTION:
+                        producing.add(endpoint)
+                    VersionStatus.create(
+                        endpoint=endpoint,
+                        version=version,
+                        status=status,
+                        changed_by="system: first load",
+                        reason="status declared by model.json",
+                    )
+
+        run_with_retry(work)
+        self._read_at = float("-inf")
+
+    def statuses(self) -> dict[Key, str]:
+        """Every version's status, at most `refresh_seconds` old."""
+        if time.monotonic() - self._read_at > self._refresh:
+            fresh = run_with_retry(_latest)
+            with self._lock:
+                self._cached, self._read_at = fresh, time.monotonic()
+        return self._cached
+
+    def change(
+        self, endpoint: str, version: str, status: str, by: str, reason: str | None = None
+    ) -> list[VersionStatus]:
+        """Move a version to a status and return the history rows written.
+
+        Promoting to production archives the endpoint's previous production version, so there
+        is always exactly one; taking the production version out of production any other way
+        is refused (promote its replacement instead).
+        """
+        check_status(status)
+
+        def work() -> list[VersionStatus]:
+            with write_transaction():
+                _lock()
+                current = _latest()
+                if (endpoint, version) not in current:
+                    raise NotFound(f"Endpoint {endpoint!r} has no version {version!r}.")
+                before = current[(endpoint, version)]
+                if before == status:
+                    return []
+                if before == PRODUCTION:
+                    raise Conflict(
+                        f"Version {version!r} is {endpoint!r}'s production version; promote "
+                        "another version to production instead of demoting this one.",
+                        [detail("status", "would leave the endpoint without production")],
+                    )
+                written = []
+                if status == PRODUCTION:
+                    for (e, v), s in current.items():
+                        if e == endpoint and s == PRODUCTION:
+                            written.append(
+                                _record(e, v, ARCHIVED, s, by, f"replaced by version {version}")
+                            )
+                written.append(_record(endpoint, version, status, before, by, reason))
+                return written
+
+        rows = run_with_retry(work)
+        self._read_at = float("-inf")
+        return rows
+
+    def history(self, endpoint: str) -> list[dict[str, Any]]:
+        """Every status change of an endpoint's versions, oldest first."""
+
+        def work() -> list[dict[str, Any]]:
+            query = (
+                VersionStatus.select()
+                .where(VersionStatus.endpoint == endpoint)
+                .order_by(VersionStatus.id)
+            )
+            return [history_json(row) for row in query]
+
+        return run_with_retry(work)
+
+
+def _record(
+    endpoint: str, version: str, status: str, previous: str, by: str, reason: str | None
+) -> VersionStatus:
+    return VersionStatus.create(
+        endpoint=endpoint,
+        version=version,
+        status=status,
+        previous=previous,
+        changed_by=by,
+        reason=reason,
+    )
+
+
+def history_json(row: VersionStatus) -> dict[str, Any]:
+    """A history row as the API returns it."""
+    return {
+        "endpoint": row.endpoint,
+        "version": row.version,
+        "from": row.previous,
+        "to": row.status,
+        "by": row.changed_by,
+        "reason": row.reason,
+        "at": row.changed_at.isoformat() + "Z"
+        if hasattr(row.changed_at, "isoformat")
+        else f"{row.changed_at}Z",
+    }
