@@ -1,7 +1,15 @@
-"""Held-out quality of a fitted classifier."""
+"""Quality metrics recorded in model.json: binary classifiers and regressions."""
 
 import numpy as np
-from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+    roc_auc_score,
+)
 
 
 def binary_holdout_metrics(y_true, proba: np.ndarray, positive_class=1) -> dict:
@@ -14,4 +22,19 @@ def binary_holdout_metrics(y_true, proba: np.ndarray, positive_class=1) -> dict:
         "roc_auc": float(roc_auc_score(y_positive, proba)),
         "log_loss": float(log_loss(y_positive, proba, labels=[False, True])),
         "brier_score": float(brier_score_loss(y_positive, proba)),
+    }
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    """Return n, MAE, RMSE and R² of predicted against true values.
+
+    Plain floats (not numpy scalars) so that json.dumps writes them as it writes the rest.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    return {
+        "n": len(y_true),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
+        "r2": float(r2_score(y_true, y_pred)),
     }
