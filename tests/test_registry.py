@@ -11,6 +11,7 @@ from serving import create_app
 from serving.runtime import ModelLoadError
 from serving.tables import Prediction, VersionStatus
 from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression
+from tests.samples import PASSENGER
 
 TOKEN = "s3cret-token"
 ROW = {"x": 0.3, "k": 2, "color": "red"}
@@ -98,17 +99,7 @@ def test_versions_answer_differently(client):
 
 
 def test_tutorial_routes_still_serve_the_default_endpoint(client):
-    passenger = {
-        "Age": 22.0,
-        "Cabin": None,
-        "Embarked": "S",
-        "Fare": 7.25,
-        "Parch": 0,
-        "Pclass": 3,
-        "Sex": "male",
-        "SibSp": 1,
-    }
-    answer = client.post("/predict", data=json.dumps({"id": 1, "observation": passenger}))
+    answer = client.post("/predict", data=json.dumps({"id": 1, "observation": PASSENGER}))
     assert answer.get_json()["endpoint"] == "default"
     assert client.post("/update", data='{"id": 1, "true_class": 1}').status_code == 200
 
@@ -215,16 +206,7 @@ def test_out_of_range_is_rejected_when_the_model_says_so(client):
 
 
 def test_out_of_range_and_unseen_categories_warn_by_default(client):
-    passenger = {
-        "Age": 200.0,
-        "Cabin": None,
-        "Embarked": "X",
-        "Fare": 7.25,
-        "Parch": 0,
-        "Pclass": 3,
-        "Sex": "male",
-        "SibSp": 1,
-    }
+    passenger = {**PASSENGER, "Age": 200.0, "Embarked": "X"}
     body = client.post("/predict", data=json.dumps({"id": 1, "observation": passenger})).get_json()
     problems = {w["field"]: w["problem"] for w in body["warnings"]}
     assert "outside the training range" in problems["observation.Age"]
