@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+N = TypeVar("N", int, float)
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+
+def _number(environ: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
     raw = environ.get(name, "")
     if not raw.strip():
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    return _number(environ, name, default, int)
 
 
 def _float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "")
-    if not raw.strip():
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    return _number(environ, name, default, float)
 
 
 def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
