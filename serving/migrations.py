@@ -78,12 +78,79 @@ def _create_version_status_table(database: peewee.Database) -> None:
         database.create_tables([VersionStatus], safe=False)
 
 
+def _add_experiments(database: peewee.Database) -> None:
+    """A/B tests, shadow versions and their scores; each prediction row records its test and arm."""
+
+    class AbTest(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        name = peewee.CharField(max_length=200, null=True)
+        version_a = peewee.CharField(max_length=100)
+        version_b = peewee.CharField(max_length=100)
+        split = peewee.DoubleField()
+        state = peewee.CharField(max_length=20)
+        started_at = peewee.DateTimeField()
+        started_by = peewee.CharField(max_length=200)
+        ended_at = peewee.DateTimeField(null=True)
+        ended_by = peewee.CharField(max_length=200, null=True)
+        verdict = peewee.CharField(max_length=40, null=True)
+        winner = peewee.CharField(max_length=100, null=True)
+        summary = peewee.TextField(null=True)
+
+        class Meta:
+            table_name = "ab_test"
+            indexes = ((("endpoint", "state"), False),)
+
+    class ShadowVersion(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        version = peewee.CharField(max_length=100)
+        enabled = peewee.BooleanField()
+        changed_by = peewee.CharField(max_length=200)
+        reason = peewee.TextField(null=True)
+        changed_at = peewee.DateTimeField()
+
+        class Meta:
+            table_name = "shadow_version"
+            indexes = ((("endpoint", "version", "id"), False),)
+
+    class ShadowScore(peewee.Model):
+        id = peewee.BigAutoField()
+        prediction_id = peewee.BigIntegerField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        proba = peewee.DoubleField(null=True)
+        prediction = peewee.TextField(null=True)
+        probabilities = peewee.TextField(null=True)
+        value = peewee.DoubleField(null=True)
+        created_at = peewee.DateTimeField()
+
+        class Meta:
+            table_name = "shadow_score"
+            indexes = (
+                (("prediction_id", "model_version"), True),
+                (("endpoint", "model_version"), False),
+            )
+
+    with database.bind_ctx([AbTest, ShadowVersion, ShadowScore]):
+        database.create_tables([AbTest, ShadowVersion, ShadowScore], safe=False)
+    migrator = SchemaMigrator.from_database(database)
+    migrate_schema(
+        migrator.add_column("prediction", "ab_test", peewee.BigIntegerField(null=True)),
+        migrator.add_column("prediction", "arm", peewee.CharField(max_length=1, null=True)),
+        # Quality queries filter by endpoint and version over a time range, or by test and arm.
+        migrator.add_index("prediction", ("endpoint", "model_version", "created_at"), False),
+        migrator.add_index("prediction", ("ab_test", "arm"), False),
+    )
+
+
 Migration = tuple[int, str, Callable[[peewee.Database], None]]
 
 MIGRATIONS: list[Migration] = [
     (1, "create prediction", _create_prediction_table),
     (2, "prediction: probabilities and regression value", _add_prediction_outputs),
     (3, "create version_status", _create_version_status_table),
+    (4, "A/B tests, shadow versions and scores", _add_experiments),
 ]
 
 

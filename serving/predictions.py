@@ -32,6 +32,8 @@ class NewPrediction:
     label: Any
     probabilities: dict[str, float] | None = None
     value: float | None = None
+    ab_test: int | None = None
+    arm: str | None = None
 
     def row(self) -> dict[str, Any]:
         """The columns of its table row."""
@@ -46,6 +48,8 @@ class NewPrediction:
             if self.probabilities is None
             else canonical_json(self.probabilities),
             "value": self.value,
+            "ab_test": self.ab_test,
+            "arm": self.arm,
             "created_at": utcnow(),
         }
 
@@ -89,6 +93,8 @@ _INSERTED = (
     "prediction",
     "probabilities",
     "value",
+    "ab_test",
+    "arm",
     "created_at",
 )
 # Rows per INSERT statement: well under SQLite's limit of 32,766 bound parameters.

@@ -37,10 +37,17 @@ class Prediction(BaseTable):
     # Added by migration 2: every class's probability (multi-class), the regression value.
     probabilities = peewee.TextField(null=True)
     value = peewee.DoubleField(null=True)
+    # Added by migration 4: the A/B test (ab_test.id) and arm ("A" or "B") that chose the version.
+    ab_test = peewee.BigIntegerField(null=True)
+    arm = peewee.CharField(max_length=1, null=True)
 
     class Meta:
         table_name = "prediction"
-        indexes = ((("endpoint", "observation_id"), True),)
+        indexes = (
+            (("endpoint", "observation_id"), True),
+            (("endpoint", "model_version", "created_at"), False),
+            (("ab_test", "arm"), False),
+        )
 
 
 class VersionStatus(BaseTable):
@@ -58,3 +65,63 @@ class VersionStatus(BaseTable):
     class Meta:
         table_name = "version_status"
         indexes = ((("endpoint", "version", "id"), False),)
+
+
+class AbTest(BaseTable):
+    """An A/B test between two versions of one endpoint; `split` is the share sent to B."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    name = peewee.CharField(max_length=200, null=True)
+    version_a = peewee.CharField(max_length=100)
+    version_b = peewee.CharField(max_length=100)
+    split = peewee.DoubleField()
+    state = peewee.CharField(max_length=20)  # running, stopped
+    started_at = peewee.DateTimeField(default=utcnow)
+    started_by = peewee.CharField(max_length=200)
+    ended_at = peewee.DateTimeField(null=True)
+    ended_by = peewee.CharField(max_length=200, null=True)
+    verdict = peewee.CharField(max_length=40, null=True)
+    winner = peewee.CharField(max_length=100, null=True)
+    summary = peewee.TextField(null=True)  # JSON, the comparison as it stood when stopped
+
+    class Meta:
+        table_name = "ab_test"
+        indexes = ((("endpoint", "state"), False),)
+
+
+class ShadowVersion(BaseTable):
+    """One change of a version's shadow flag; the latest row per version is in force."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    version = peewee.CharField(max_length=100)
+    enabled = peewee.BooleanField()
+    changed_by = peewee.CharField(max_length=200)
+    reason = peewee.TextField(null=True)
+    changed_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "shadow_version"
+        indexes = ((("endpoint", "version", "id"), False),)
+
+
+class ShadowScore(BaseTable):
+    """What a shadow version would have answered for a stored prediction."""
+
+    id = peewee.BigAutoField()
+    prediction_id = peewee.BigIntegerField()
+    endpoint = peewee.CharField(max_length=100)
+    model_version = peewee.CharField(max_length=100)
+    proba = peewee.DoubleField(null=True)
+    prediction = peewee.TextField(null=True)
+    probabilities = peewee.TextField(null=True)
+    value = peewee.DoubleField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "shadow_score"
+        indexes = (
+            (("prediction_id", "model_version"), True),
+            (("endpoint", "model_version"), False),
+        )

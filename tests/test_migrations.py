@@ -84,8 +84,8 @@ def test_a_database_written_by_the_first_schema_upgrades_in_place(database_url, 
     )
     assert migrations.current_version() == migrations.MIGRATIONS[-1][0]
     columns = {c.name for c in db.get_columns("prediction")}
-    assert {"probabilities", "value"} <= columns
-    assert db.table_exists("version_status")
+    assert {"probabilities", "value", "ab_test", "arm"} <= columns
+    assert all(db.table_exists(t) for t in ("version_status", "ab_test", "shadow_score"))
     client = app.test_client()
     updated = client.post("/update", data='{"id": "old-1", "true_class": 1}').get_json()
     assert (updated["proba"], updated["true_class"], updated["observation"]) == (
