@@ -9,11 +9,13 @@ from flask import Flask
 from serving import cli, database, logs, migrations
 from serving.config import Settings
 from serving.errors import register_error_handlers
+from serving.experiments import Experiments
 from serving.http import register_blueprints
 from serving.lifecycle import Lifecycle
 from serving.predictions import Writer
 from serving.registry import Registry
 from serving.scoring import Scorer
+from serving.shadows import Shadows
 
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
@@ -41,6 +43,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     wait = settings.batch_max_wait_ms / 1000
     app.extensions["scorer"] = Scorer(settings.batch_max_rows, wait)
     app.extensions["writer"] = Writer(settings.batch_max_rows, wait)
+    refresh = settings.status_refresh_seconds
+    app.extensions["experiments"] = Experiments(registry, lifecycle, refresh)
+    app.extensions["shadows"] = Shadows(registry, refresh, settings.batch_max_rows, wait)
     # Nothing opened here may be inherited by forked workers (gunicorn --preload).
     database.close_all()
 

@@ -42,9 +42,38 @@ def _latest() -> dict[Key, str]:
     return {(r.endpoint, r.version): r.status for r in rows}
 
 
-def _lock() -> None:
+def lock_statuses() -> None:
+    """Inside a write transaction: take turns with every other status change (on SQLite the
+    write transaction alone does that)."""
     if not is_sqlite():
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+
+
+def apply_change(
+    endpoint: str, version: str, status: str, by: str, reason: str | None
+) -> list[VersionStatus]:
+    """Inside a write transaction holding `lock_statuses()`: move a version to a status by the
+    rules of `Lifecycle.change` and return the history rows written."""
+    check_status(status)
+    current = _latest()
+    if (endpoint, version) not in current:
+        raise NotFound(f"Endpoint {endpoint!r} has no version {version!r}.")
+    before = current[(endpoint, version)]
+    if before == status:
+        return []
+    if before == PRODUCTION:
+        raise Conflict(
+            f"Version {version!r} is {endpoint!r}'s production version; promote "
+            "another version to production instead of demoting this one.",
+            [detail("status", "would leave the endpoint without production")],
+        )
+    written = []
+    if status == PRODUCTION:
+        for (e, v), s in current.items():
+            if e == endpoint and s == PRODUCTION:
+                written.append(_record(e, v, ARCHIVED, s, by, f"replaced by version {version}"))
+    written.append(_record(endpoint, version, status, before, by, reason))
+    return written
 
 
 class Lifecycle:
@@ -65,7 +94,7 @@ class Lifecycle:
 
         def work() -> None:
             with write_transaction():
-                _lock()
+                lock_statuses()
                 current = _latest()
                 producing = {e for (e, _v), s in current.items() if s == PRODUCTION}
                 for endpoint, version, status in declared:
@@ -84,6 +113,10 @@ class Lifecycle:
                     )
 
         run_with_retry(work)
+        self._read_at = float("-inf")
+
+    def forget(self) -> None:
+        """Drop the cached statuses: the next read goes to the database."""
         self._read_at = float("-inf")
 
     def statuses(self) -> dict[Key, str]:
@@ -107,28 +140,8 @@ class Lifecycle:
 
         def work() -> list[VersionStatus]:
             with write_transaction():
-                _lock()
-                current = _latest()
-                if (endpoint, version) not in current:
-                    raise NotFound(f"Endpoint {endpoint!r} has no version {version!r}.")
-                before = current[(endpoint, version)]
-                if before == status:
-                    return []
-                if before == PRODUCTION:
-                    raise Conflict(
-                        f"Version {version!r} is {endpoint!r}'s production version; promote "
-                        "another version to production instead of demoting this one.",
-                        [detail("status", "would leave the endpoint without production")],
-                    )
-                written = []
-                if status == PRODUCTION:
-                    for (e, v), s in current.items():
-                        if e == endpoint and s == PRODUCTION:
-                            written.append(
-                                _record(e, v, ARCHIVED, s, by, f"replaced by version {version}")
-                            )
-                written.append(_record(endpoint, version, status, before, by, reason))
-                return written
+                lock_statuses()
+                return apply_change(endpoint, version, status, by, reason)
 
         rows = run_with_retry(work)
         self._read_at = float("-inf")

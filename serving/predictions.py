@@ -224,6 +224,9 @@ def to_json(row: Prediction, observation_id: str | int | None = None) -> dict[st
     }
     if row.probabilities is not None:
         answer["probabilities"] = json.loads(row.probabilities)
+    if row.ab_test is not None:
+        answer["ab_test"] = row.ab_test
+        answer["arm"] = row.arm
     return answer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import peewee
 
@@ -12,6 +13,14 @@ from serving.database import db
 def utcnow() -> dt.datetime:
     """Naive UTC, the one timezone every stored timestamp is in."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def iso(value: Any) -> str | None:
+    """A stored timestamp as the API shows it: ISO 8601 in UTC with a Z."""
+    if value is None:
+        return None
+    # SQLite hands back text for timestamps written by another driver; both print alike.
+    return value.isoformat() + "Z" if hasattr(value, "isoformat") else f"{value}Z"
 
 
 class BaseTable(peewee.Model):

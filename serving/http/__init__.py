@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from serving.http import endpoints, health, predictions
+from serving.http import endpoints, experiments, health, predictions, quality
 
 
 def register_blueprints(app: Flask) -> None:
@@ -10,3 +10,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(predictions.blueprint)
     app.register_blueprint(endpoints.blueprint)
+    app.register_blueprint(experiments.blueprint)
+    app.register_blueprint(quality.blueprint)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
+from serving.experiments import Experiments
 from serving.lifecycle import Lifecycle
 from serving.predictions import Writer
 from serving.registry import Registry
 from serving.scoring import Scorer
+from serving.shadows import Shadows
 
 
 def registry() -> Registry:
@@ -18,6 +20,16 @@ def registry() -> Registry:
 def lifecycle() -> Lifecycle:
     """The app's view of version statuses."""
     return current_app.extensions["lifecycle"]
+
+
+def experiments() -> Experiments:
+    """The app's A/B tests."""
+    return current_app.extensions["experiments"]
+
+
+def shadows() -> Shadows:
+    """The app's shadow versions."""
+    return current_app.extensions["shadows"]
 
 
 def scorer() -> Scorer:

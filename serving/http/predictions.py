@@ -6,9 +6,18 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import predictions
+from serving import predictions, routing
 from serving.errors import Conflict, InvalidInput, detail
-from serving.http.context import annotate, body, lifecycle, registry, scorer, writer
+from serving.http.context import (
+    annotate,
+    body,
+    experiments,
+    lifecycle,
+    registry,
+    scorer,
+    shadows,
+    writer,
+)
 from serving.payloads import parse_predict_body, parse_update_body
 
 blueprint = Blueprint("predictions", __name__)
@@ -35,12 +44,16 @@ def predict(endpoint: str) -> tuple[dict[str, Any], int]:
     """Score one observation with the version chosen by ?version= or ?status= (production)."""
     request_body = parse_predict_body(body())
     annotate(endpoint=endpoint, observation_id=request_body.observation_id)
-    model = registry().resolve(
+    route = routing.choose(
+        registry(),
+        lifecycle(),
+        experiments(),
         endpoint,
-        lifecycle().statuses(),
+        request_body.observation_id,
         version=request.args.get("version"),
         status=request.args.get("status"),
     )
+    model = route.model
     observation, warnings = model.schema.validate(
         request_body.observation, reject_surprises=model.rejects_surprises
     )
@@ -48,20 +61,24 @@ def predict(endpoint: str) -> tuple[dict[str, Any], int]:
     [outcome] = writer().store(
         [
             predictions.NewPrediction(
-                endpoint,
-                model.version,
-                request_body.observation_id,
-                observation,
-                result.proba,
-                result.label,
-                result.probabilities,
-                result.value,
+                endpoint=endpoint,
+                model_version=model.version,
+                observation_id=request_body.observation_id,
+                observation=observation,
+                proba=result.proba,
+                label=result.label,
+                probabilities=result.probabilities,
+                value=result.value,
+                ab_test=route.ab_test,
+                arm=route.arm,
             )
         ]
     )
     if isinstance(outcome, Conflict):
         raise outcome
     annotate(model_version=outcome.model_version)
+    if shadows().versions(endpoint):
+        shadows().score(scorer(), endpoint, request_body.observation, [outcome])
     answer = predictions.to_json(outcome, request_body.observation_id)
     answer["warnings"] = warnings
     return answer, 200

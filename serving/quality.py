@@ -1,0 +1,373 @@
+"""Model quality from ground truth, summed by the database.
+
+A million labelled rows must answer in well under a second, so nothing here fetches rows for a
+binary classifier or a regression: one grouped query yields the confusion matrix, calibration
+bins and the sums behind log loss and Brier score, and one more ranks probabilities for ROC
+AUC. Multi-class models fetch their labelled rows (every class's probability is needed) and
+use scikit-learn's own functions.
+
+Which rows are measured is a `Rows`: a SQL source yielding `proba, predicted, truth, value,
+probabilities` (labels as canonical JSON text), built by `logged` or `shadowed`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from serving import statistics
+from serving.database import db, is_sqlite, run_with_retry
+from serving.predictions import canonical_json
+from serving.runtime import LoadedModel
+from serving.statistics import Estimate
+from serving.tables import iso
+
+# scikit-learn clips probabilities to [eps, 1 - eps] of float64 before taking logarithms.
+_EPS = float(np.finfo(np.float64).eps)
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A SQL source of labelled rows and its parameters; `?` marks a parameter."""
+
+    sql: str
+    params: tuple[Any, ...]
+    count_sql: str  # the same rows, labelled or not: how many predictions there were
+    count_params: tuple[Any, ...]
+
+
+def logged(
+    endpoint: str,
+    version: str,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    ab_test: int | None = None,
+    arm: str | None = None,
+) -> Rows:
+    """Predictions a version answered, optionally in [since, until) or in one A/B arm."""
+    where, params = ["endpoint = ?", "model_version = ?"], [endpoint, version]
+    for clause, value in (
+        ("created_at >= ?", since),
+        ("created_at < ?", until),
+        ("ab_test = ?", ab_test),
+        ("arm = ?", arm),
+    ):
+        if value is not None:
+            where.append(clause)
+            # Timestamps go in as text in the stored format, which both databases compare
+            # correctly against their own column.
+            params.append(value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value)
+    condition = " AND ".join(where)
+    return Rows(
+        "SELECT proba, prediction AS predicted, true_class AS truth, value, probabilities "
+        f"FROM prediction WHERE {condition} AND true_class IS NOT NULL",
+        tuple(params),
+        f"SELECT COUNT(*) FROM prediction WHERE {condition}",
+        tuple(params),
+    )
+
+
+def shadowed(endpoint: str, version: str, answering: bool) -> Rows:
+    """Rows a shadow version scored: its own scores, or (answering=True) the scores of the
+    version that answered those same requests."""
+    side = "p" if answering else "s"
+    joined = (
+        "FROM shadow_score s JOIN prediction p ON p.id = s.prediction_id "
+        "WHERE s.endpoint = ? AND s.model_version = ?"
+    )
+    return Rows(
+        f"SELECT {side}.proba, {side}.prediction AS predicted, p.true_class AS truth, "
+        f"{side}.value, {side}.probabilities {joined} AND p.true_class IS NOT NULL",
+        (endpoint, version),
+        f"SELECT COUNT(*) {joined}",
+        (endpoint, version),
+    )
+
+
+@dataclass
+class Measurement:
+    """Quality of one set of rows: plain metrics, the same with intervals, and the sums the
+    A/B tests compare."""
+
+    task: str
+    predictions: int
+    labelled: int
+    correct: int = 0
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    confusion_matrix: dict[str, Any] | None = None
+    calibration: list[dict[str, Any]] | None = None
+    # Regression: per-row absolute error sums, for Welch's test between arms.
+    abs_error_sum: float = 0.0
+    abs_error_squares: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """Each metric's value (None where undefined, e.g. ROC AUC with one class present)."""
+        return {name: estimate.value for name, estimate in self.estimates.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """As `GET /api/v1/<endpoint>/performance` shows one version."""
+        answer: dict[str, Any] = {
+            "task": self.task,
+            "predictions": self.predictions,
+            "labelled": self.labelled,
+            "metrics": self.metrics,
+            "intervals": {
+                name: [e.low, e.high] for name, e in self.estimates.items() if e.low is not None
+            },
+        }
+        if self.confusion_matrix is not None:
+            answer["confusion_matrix"] = self.confusion_matrix
+        if self.calibration is not None:
+            answer["calibration"] = self.calibration
+        return answer
+
+
+def measure(model: LoadedModel, rows: Rows) -> Measurement:
+    """Quality of `rows` as predictions of `model`'s kind (its task and classes)."""
+
+    def work() -> Measurement:
+        predictions = _scalar(rows.count_sql, rows.count_params)
+        if model.task == "regression":
+            return _regression(rows, predictions)
+        if model.positive_class is not None:
+            return _binary(model, rows, predictions)
+        return _multiclass(model, rows, predictions)
+
+    return run_with_retry(work)
+
+
+def performance_report(
+    endpoint: str,
+    versions: Sequence[LoadedModel],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Per-version quality from ground truth, as `GET /api/v1/<endpoint>/performance` answers."""
+    return {
+        "endpoint": endpoint,
+        "since": iso(since),
+        "until": iso(until),
+        "versions": [
+            {
+                "version": model.version,
+                **measure(model, logged(endpoint, model.version, since, until)).to_json(),
+            }
+            for model in versions
+        ],
+    }
+
+
+def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
+    positive = canonical_json(model.positive_class)
+    real = _float_type()
+    grouped = _query(
+        f"""
+        SELECT bin, truth, predicted, COUNT(*), SUM(proba), SUM(ll), SUM(ll * ll),
+               SUM(br), SUM(br * br)
+        FROM (
+            SELECT truth, predicted, proba,
+                   CASE WHEN proba >= 1 THEN {CALIBRATION_BINS - 1} WHEN proba <= 0 THEN 0
+                        ELSE CAST(FLOOR(proba * {CALIBRATION_BINS}) AS INTEGER) END AS bin,
+                   -LN(CASE WHEN q < CAST(? AS {real}) THEN CAST(? AS {real})
+                            WHEN q > CAST(? AS {real}) THEN CAST(? AS {real})
+                            ELSE q END) AS ll,
+                   (proba - y) * (proba - y) AS br
+            FROM (
+                SELECT truth, predicted, proba,
+                       CASE WHEN truth = ? THEN CAST(1 AS {real}) ELSE CAST(0 AS {real}) END AS y,
+                       CASE WHEN truth = ? THEN proba ELSE 1 - proba END AS q
+                FROM ({rows.sql}) src
+                WHERE proba IS NOT NULL
+            ) labelled
+        ) scored
+        GROUP BY bin, truth, predicted
+        """,
+        (_EPS, _EPS, 1 - _EPS, 1 - _EPS, positive, positive, *rows.params),
+    )
+    n = sum(g[3] for g in grouped)
+    result = Measurement(model.task, predictions, n)
+    if n == 0:
+        result.estimates = {name: statistics.NO_DATA for name in _BINARY_METRICS}
+        return result
+    labels = [canonical_json(c) for c in model.classes]
+    result.correct = sum(g[3] for g in grouped if g[1] == g[2])
+    result.confusion_matrix = _confusion(model.classes, labels, grouped)
+    positives = sum(g[3] for g in grouped if g[1] == positive)
+    tp = sum(g[3] for g in grouped if g[1] == positive and g[2] == positive)
+    predicted_positive = sum(g[3] for g in grouped if g[2] == positive)
+    f1 = 2 * tp / (predicted_positive + positives) if predicted_positive + positives else None
+    auc = _roc_auc(rows, positive, positives, n - positives)
+    result.estimates = {
+        "accuracy": statistics.proportion(result.correct, n),
+        "precision": statistics.proportion(tp, predicted_positive),
+        "recall": statistics.proportion(tp, positives),
+        "f1": Estimate(f1),
+        "roc_auc": statistics.roc_auc(auc, positives, n - positives),
+        "log_loss": statistics.mean(sum(g[5] for g in grouped), sum(g[6] for g in grouped), n),
+        "brier": statistics.mean(sum(g[7] for g in grouped), sum(g[8] for g in grouped), n),
+    }
+    result.calibration = _calibration(grouped, lambda g: g[3] if g[1] == positive else 0)
+    return result
+
+
+_BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
+_REGRESSION_METRICS = ("mae", "rmse", "r2")
+
+
+def _roc_auc(rows: Rows, positive: str, positives: int, negatives: int) -> float | None:
+    """Mann-Whitney: the chance a positive outranks a negative, ties counting half, from one
+    pass over the distinct probabilities in order."""
+    if positives == 0 or negatives == 0:
+        return None
+    pairs = _scalar(
+        f"""
+        SELECT SUM(pos * (below + 0.5 * neg)) FROM (
+            SELECT pos, neg,
+                   COALESCE(SUM(neg) OVER (ORDER BY proba ROWS BETWEEN UNBOUNDED PRECEDING
+                                           AND 1 PRECEDING), 0) AS below
+            FROM (
+                SELECT proba, SUM(CASE WHEN truth = ? THEN 1 ELSE 0 END) AS pos,
+                       SUM(CASE WHEN truth = ? THEN 0 ELSE 1 END) AS neg
+                FROM ({rows.sql}) src
+                WHERE proba IS NOT NULL
+                GROUP BY proba
+            ) distinct_probabilities
+        ) ranked
+        """,
+        (positive, positive, *rows.params),
+    )
+    return float(pairs) / (positives * negatives)
+
+
+def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
+    fetched = _query(
+        f"SELECT truth, predicted, proba, probabilities FROM ({rows.sql}) src", rows.params
+    )
+    result = Measurement(model.task, predictions, len(fetched))
+    names = [str(c) for c in model.classes]
+    if not fetched:
+        result.estimates = {name: statistics.NO_DATA for name in _BINARY_METRICS}
+        return result
+    index = {canonical_json(c): i for i, c in enumerate(model.classes)}
+    truth = np.array([index[t] for t, _, _, _ in fetched])
+    predicted = np.array([index[p] for _, p, _, _ in fetched])
+    probabilities = np.array([[json.loads(pr)[name] for name in names] for *_, pr in fetched])
+    result.correct = int((truth == predicted).sum())
+    labels = list(range(len(names)))
+    losses = -np.log(np.clip(probabilities[np.arange(len(truth)), truth], _EPS, 1 - _EPS))
+    onehot = np.eye(len(names))[truth]
+    briers = ((probabilities - onehot) ** 2).sum(axis=1)
+    present = len(set(truth.tolist())) == len(names)
+    auc = (
+        float(skm.roc_auc_score(truth, probabilities, multi_class="ovr", labels=labels))
+        if present
+        else None
+    )
+    average = {"labels": labels, "average": "macro", "zero_division": 0}
+    result.estimates = {
+        "accuracy": statistics.proportion(result.correct, len(truth)),
+        "precision": Estimate(float(skm.precision_score(truth, predicted, **average))),
+        "recall": Estimate(float(skm.recall_score(truth, predicted, **average))),
+        "f1": Estimate(float(skm.f1_score(truth, predicted, **average))),
+        "roc_auc": Estimate(auc),
+        "log_loss": statistics.mean(float(losses.sum()), float((losses**2).sum()), len(truth)),
+        "brier": statistics.mean(float(briers.sum()), float((briers**2).sum()), len(truth)),
+    }
+    matrix = skm.confusion_matrix(truth, predicted, labels=labels)
+    result.confusion_matrix = {"labels": model.classes, "matrix": matrix.tolist()}
+    # Calibration of the top label: its probability against how often it was right.
+    grouped = [(_bin(p), t, q, 1, p) for t, q, p, _ in fetched if p is not None]
+    result.calibration = _calibration(grouped, lambda g: 1 if g[1] == g[2] else 0)
+    return result
+
+
+def _regression(rows: Rows, predictions: int) -> Measurement:
+    real = _float_type()
+    n, abs_sum, sq_sum, sq_squares, t_sum, t_squares = _query(
+        f"""
+        SELECT COUNT(*), SUM(ae), SUM(ae * ae), SUM(ae * ae * ae * ae), SUM(t), SUM(t * t)
+        FROM (
+            SELECT ABS(value - t) AS ae, t
+            FROM (SELECT value, CAST(truth AS {real}) AS t FROM ({rows.sql}) src
+                  WHERE value IS NOT NULL) labelled
+        ) errors
+        """,
+        rows.params,
+    )[0]
+    result = Measurement("regression", predictions, n)
+    if not n:
+        result.estimates = {name: statistics.NO_DATA for name in _REGRESSION_METRICS}
+        return result
+    result.abs_error_sum, result.abs_error_squares = abs_sum, sq_sum
+    mse = statistics.mean(sq_sum, sq_squares, n)
+    total = t_squares - t_sum * t_sum / n
+    result.estimates = {
+        "mae": statistics.mean(abs_sum, sq_sum, n),
+        "rmse": Estimate(
+            math.sqrt(mse.value),
+            None if mse.low is None else math.sqrt(max(0.0, mse.low)),
+            None if mse.high is None else math.sqrt(mse.high),
+        ),
+        "r2": Estimate(1 - sq_sum / total if total > 0 else None),
+    }
+    return result
+
+
+def _confusion(
+    classes: list[Any], labels: list[str], grouped: Sequence[Sequence[Any]]
+) -> dict[str, Any]:
+    position = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for _, truth, predicted, count, *_ in grouped:
+        if truth in position and predicted in position:
+            matrix[position[truth]][position[predicted]] += count
+    return {"labels": classes, "matrix": matrix}
+
+
+def _bin(probability: float) -> int:
+    return min(CALIBRATION_BINS - 1, max(0, math.floor(probability * CALIBRATION_BINS)))
+
+
+def _calibration(grouped: Sequence[Sequence[Any]], hits: Any) -> list[dict[str, Any]]:
+    """Per fixed-width bin of predicted probability: rows, mean prediction, observed rate."""
+    counts = [0] * CALIBRATION_BINS
+    predicted = [0.0] * CALIBRATION_BINS
+    observed = [0] * CALIBRATION_BINS
+    for group in grouped:
+        b = int(group[0])
+        counts[b] += group[3]
+        predicted[b] += group[4]
+        observed[b] += hits(group)
+    return [
+        {
+            "lower": b / CALIBRATION_BINS,
+            "upper": (b + 1) / CALIBRATION_BINS,
+            "count": counts[b],
+            "mean_predicted": predicted[b] / counts[b] if counts[b] else None,
+            "observed_rate": observed[b] / counts[b] if counts[b] else None,
+        }
+        for b in range(CALIBRATION_BINS)
+    ]
+
+
+def _float_type() -> str:
+    # SQLite's REAL is a double; PostgreSQL's REAL is single precision.
+    return "REAL" if is_sqlite(db.obj) else "DOUBLE PRECISION"
+
+
+def _query(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return list(db.execute_sql(sql.replace("?", db.obj.param), tuple(params)).fetchall())
+
+
+def _scalar(sql: str, params: Sequence[Any]) -> Any:
+    row = db.execute_sql(sql.replace("?", db.obj.param), tuple(params)).fetchone()
+    return row[0] if row and row[0] is not None else 0

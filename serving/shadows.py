@@ -1,0 +1,257 @@
+"""Shadow versions: they score every request to their endpoint and never answer.
+
+A shadow's score is stored next to the prediction that answered (table `shadow_score`), so
+once ground truth arrives the two can be compared on exactly the same rows. Shadow work
+happens after the answer is committed and never changes it: a shadow that cannot score an
+observation, or a failed shadow write, is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from serving import statistics
+from serving.batching import MicroBatcher
+from serving.database import db, is_sqlite, run_with_retry, write_transaction
+from serving.errors import NotFound, ServiceError, detail
+from serving.predictions import canonical_json
+from serving.quality import Measurement, measure, shadowed
+from serving.registry import Registry
+from serving.runtime import LoadedModel
+from serving.scoring import Scorer
+from serving.tables import Prediction, ShadowScore, ShadowVersion, iso
+
+logger = logging.getLogger(__name__)
+
+SHADOW_BETTER, ANSWERING_BETTER, NOT_YET, NO_DATA = (
+    "shadow better",
+    "answering better",
+    "not yet significant",
+    "no labelled data",
+)
+
+
+class Shadows:
+    """Which versions shadow which endpoint (cached `refresh_seconds`), their scoring and
+    their comparison with the answering versions."""
+
+    def __init__(self, registry: Registry, refresh_seconds: float, max_batch: int, wait: float):
+        self._registry = registry
+        self._refresh = refresh_seconds
+        self._lock = threading.Lock()
+        self._enabled: dict[str, list[str]] = {}
+        self._read_at = float("-inf")
+        self._writer: MicroBatcher[dict[str, Any], None] = MicroBatcher(
+            _store_scores, max_batch=max_batch, max_wait=wait
+        )
+
+    def versions(self, endpoint: str) -> list[str]:
+        """The endpoint's shadow versions, at most `refresh_seconds` old."""
+        if time.monotonic() - self._read_at > self._refresh:
+            fresh = run_with_retry(_read_enabled)
+            with self._lock:
+                self._enabled, self._read_at = fresh, time.monotonic()
+        return self._enabled.get(endpoint, [])
+
+    def set(
+        self, endpoint: str, version: str, enabled: bool, by: str, reason: str | None
+    ) -> dict[str, Any]:
+        """Turn a version's shadowing on or off, recording who and why."""
+        self._model(endpoint, version)
+
+        def work() -> ShadowVersion:
+            with write_transaction():
+                return ShadowVersion.create(
+                    endpoint=endpoint,
+                    version=version,
+                    enabled=enabled,
+                    changed_by=by,
+                    reason=reason,
+                )
+
+        row = run_with_retry(work)
+        self._read_at = float("-inf")
+        return _row_json(row)
+
+    def history(self, endpoint: str) -> list[dict[str, Any]]:
+        """Every shadow change of an endpoint's versions, oldest first."""
+
+        def work() -> list[dict[str, Any]]:
+            query = (
+                ShadowVersion.select()
+                .where(ShadowVersion.endpoint == endpoint)
+                .order_by(ShadowVersion.id)
+            )
+            return [_row_json(row) for row in query]
+
+        return run_with_retry(work)
+
+    def score(
+        self,
+        scorer: Scorer,
+        endpoint: str,
+        observation: dict[str, Any],
+        answered: list[Prediction],
+    ) -> None:
+        """Score stored predictions with every shadow of the endpoint and store the scores.
+
+        `observation` is what the caller sent (each shadow validates it by its own schema);
+        `answered` are the stored rows it produced. Never raises.
+        """
+        try:
+            for version in self.versions(endpoint):
+                model = self._registry.find(endpoint, version)
+                rows = [p for p in answered if p.model_version != version]
+                if model is None or not rows:
+                    continue
+                try:
+                    clean, _ = model.schema.validate(observation)
+                except ServiceError as refused:
+                    logger.info(
+                        "shadow %s/%s skipped an observation: %s", endpoint, version, refused
+                    )
+                    continue
+                [score] = scorer.score(model, [clean])
+                self._writer.submit([_score_row(p.id, model, score) for p in rows])
+        except Exception:
+            logger.exception("shadow scoring failed for endpoint %s; the answer stands", endpoint)
+
+    def compare(self, endpoint: str, version: str) -> dict[str, Any]:
+        """The shadow against the versions that answered the same requests, on the rows whose
+        ground truth has arrived: both sides' metrics, their deltas, and a paired test."""
+        model = self._model(endpoint, version)
+        shadow = measure(model, shadowed(endpoint, version, answering=False))
+        answering = measure(model, shadowed(endpoint, version, answering=True))
+        paired = run_with_retry(lambda: _paired_test(model, endpoint, version))
+        if shadow.labelled == 0:
+            outcome = NO_DATA
+        elif paired.significant and paired.better is not None:
+            outcome = SHADOW_BETTER if paired.better == "B" else ANSWERING_BETTER
+        else:
+            outcome = NOT_YET
+        return {
+            "endpoint": endpoint,
+            "version": version,
+            "enabled": version in self.versions(endpoint),
+            "scored": shadow.predictions,
+            "labelled": shadow.labelled,
+            "answered_by": run_with_retry(lambda: _answered_by(endpoint, version)),
+            "shadow": _side(shadow),
+            "answering": _side(answering),
+            "deltas": _deltas(shadow, answering),
+            "verdict": {
+                "result": outcome,
+                "test": paired.test,
+                "statistic": paired.statistic,
+                "p_value": paired.p_value,
+                "alpha": statistics.ALPHA,
+            },
+        }
+
+    def _model(self, endpoint: str, version: str) -> LoadedModel:
+        versions = self._registry.endpoint(endpoint)
+        if version not in versions:
+            raise NotFound(
+                f"Endpoint {endpoint!r} has no version {version!r}.",
+                [detail("version", f"unknown; known: {sorted(versions)}")],
+            )
+        return versions[version]
+
+
+def _side(m: Measurement) -> dict[str, Any]:
+    return {"metrics": {name: e.to_json() for name, e in m.estimates.items()}}
+
+
+def _deltas(shadow: Measurement, answering: Measurement) -> dict[str, float | None]:
+    """Shadow minus answering, per metric (for log loss, Brier and errors, lower is better)."""
+    mine, theirs = shadow.metrics, answering.metrics
+    return {
+        name: None if mine[name] is None or theirs.get(name) is None else mine[name] - theirs[name]
+        for name in mine
+    }
+
+
+def _paired_test(model: LoadedModel, endpoint: str, version: str) -> statistics.TestResult:
+    joined = (
+        "FROM shadow_score s JOIN prediction p ON p.id = s.prediction_id "
+        f"WHERE s.endpoint = {db.obj.param} AND s.model_version = {db.obj.param} "
+        "AND p.true_class IS NOT NULL"
+    )
+    if model.task == "regression":
+        real = "REAL" if is_sqlite() else "DOUBLE PRECISION"
+        n, total, squares = db.execute_sql(
+            "SELECT COUNT(*), SUM(d), SUM(d * d) FROM ("
+            f"SELECT ABS(p.value - CAST(p.true_class AS {real})) "
+            f"- ABS(s.value - CAST(p.true_class AS {real})) AS d {joined}) paired",
+            (endpoint, version),
+        ).fetchone()
+        return statistics.paired_t(total or 0.0, squares or 0.0, n)
+    only_answering, only_shadow = db.execute_sql(
+        "SELECT "
+        "SUM(CASE WHEN p.prediction = p.true_class AND s.prediction <> p.true_class "
+        "THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN p.prediction <> p.true_class AND s.prediction = p.true_class "
+        f"THEN 1 ELSE 0 END) {joined}",
+        (endpoint, version),
+    ).fetchone()
+    return statistics.mcnemar(int(only_answering or 0), int(only_shadow or 0))
+
+
+def _answered_by(endpoint: str, version: str) -> dict[str, int]:
+    rows = db.execute_sql(
+        "SELECT p.model_version, COUNT(*) FROM shadow_score s "
+        "JOIN prediction p ON p.id = s.prediction_id "
+        f"WHERE s.endpoint = {db.obj.param} AND s.model_version = {db.obj.param} "
+        "GROUP BY p.model_version",
+        (endpoint, version),
+    ).fetchall()
+    return {v: int(n) for v, n in rows}
+
+
+def _score_row(prediction_id: int, model: LoadedModel, score: Any) -> dict[str, Any]:
+    return {
+        "prediction_id": prediction_id,
+        "endpoint": model.endpoint,
+        "model_version": model.version,
+        "proba": score.proba,
+        "prediction": canonical_json(score.label),
+        "probabilities": None
+        if score.probabilities is None
+        else canonical_json(score.probabilities),
+        "value": score.value,
+    }
+
+
+def _store_scores(rows: list[dict[str, Any]]) -> list[None]:
+    # A replayed request scores again; the unique (prediction, version) key keeps one row.
+    def work() -> None:
+        with write_transaction():
+            ShadowScore.insert_many(rows).on_conflict_ignore().execute()
+
+    run_with_retry(work)
+    return [None] * len(rows)
+
+
+def _read_enabled() -> dict[str, list[str]]:
+    latest: dict[tuple[str, str], bool] = {}
+    for row in ShadowVersion.select().order_by(ShadowVersion.id):
+        latest[(row.endpoint, row.version)] = row.enabled
+    enabled: dict[str, list[str]] = {}
+    for (endpoint, version), on in sorted(latest.items()):
+        if on:
+            enabled.setdefault(endpoint, []).append(version)
+    return enabled
+
+
+def _row_json(row: ShadowVersion) -> dict[str, Any]:
+    return {
+        "endpoint": row.endpoint,
+        "version": row.version,
+        "enabled": row.enabled,
+        "by": row.changed_by,
+        "reason": row.reason,
+        "at": iso(row.changed_at),
+    }
