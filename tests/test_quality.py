@@ -71,7 +71,9 @@ def _labelled(endpoint: str, version: str) -> list[Prediction]:
 
 def test_binary_metrics_equal_scikit_learns(client):
     def noisy(observation, rng):
-        return int((observation["x"] + (observation["color"] == "red") > 0.5) ^ (rng.random() < 0.2))
+        return int(
+            (observation["x"] + (observation["color"] == "red") > 0.5) ^ (rng.random() < 0.2)
+        )
 
     _predict_and_label(client, "tiny", noisy)
     answer = client.get("/api/v1/tiny/performance?version=1")

@@ -47,7 +47,7 @@ def show_test(endpoint: str, test_id: int) -> dict[str, Any]:
 def stop_test(endpoint: str, test_id: int) -> dict[str, Any]:
     """Admin: stop the test, store its summary, promote a significant (or forced) winner."""
     require_admin()
-    payload = parse_object(body()) if body().strip() else {}
+    payload = _optional_object()
     return experiments().stop(
         endpoint,
         test_id,
@@ -79,7 +79,7 @@ def show_shadow(endpoint: str, version: str) -> dict[str, Any]:
 def enable_shadow(endpoint: str, version: str) -> dict[str, Any]:
     """Admin: make a version score every request of its endpoint without answering."""
     require_admin()
-    payload = parse_object(body()) if body().strip() else {}
+    payload = _optional_object()
     by, reason = _text(payload, "by") or "admin-api", _text(payload, "reason")
     return shadows().set(endpoint, version, True, by, reason)
 
@@ -88,9 +88,15 @@ def enable_shadow(endpoint: str, version: str) -> dict[str, Any]:
 def disable_shadow(endpoint: str, version: str) -> dict[str, Any]:
     """Admin: stop shadowing; scores already stored stay for comparison."""
     require_admin()
-    payload = parse_object(body()) if body().strip() else {}
+    payload = _optional_object()
     by, reason = _text(payload, "by") or "admin-api", _text(payload, "reason")
     return shadows().set(endpoint, version, False, by, reason)
+
+
+def _optional_object() -> dict[str, Any]:
+    """The JSON object body, or {} when there is no body at all."""
+    raw = body()
+    return parse_object(raw) if raw.strip() else {}
 
 
 def _text(payload: dict[str, Any], field: str) -> str | None:
