@@ -1,9 +1,9 @@
 """Model quality from ground truth, summed by the database.
 
-A million labelled rows must answer in well under a second, so nothing here fetches rows for a
-binary classifier or a regression: one grouped query yields the confusion matrix, calibration
-bins and the sums behind log loss and Brier score, and one more ranks probabilities for ROC
-AUC. Multi-class models fetch their labelled rows (every class's probability is needed) and
+A million labelled rows must answer in under a second, so nothing here fetches rows for a
+binary classifier or a regression: one pass, grouped by probability, truth and prediction,
+yields the confusion matrix, calibration bins, ROC AUC and the sums behind log loss and Brier
+score. Multi-class models fetch their labelled rows (every class's probability is needed) and
 use scikit-learn's own functions.
 
 Which rows are measured is a `Rows`: a SQL source yielding `proba, predicted, truth, value,
@@ -32,6 +32,12 @@ from serving.tables import iso
 # scikit-learn clips probabilities to [eps, 1 - eps] of float64 before taking logarithms.
 _EPS = float(np.finfo(np.float64).eps)
 CALIBRATION_BINS = 10
+# Up to EXACT_ROWS predictions, ROC AUC ranks every distinct probability exactly. Beyond,
+# probabilities are grouped in AUC_BUCKETS equal buckets (a tie within a bucket counts half),
+# so one pass over a million rows stays well under a second; the error is at most half the
+# share of positive-negative pairs that share a bucket, about 1e-4 for spread-out scores.
+EXACT_ROWS = 200_000
+AUC_BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
@@ -167,55 +173,77 @@ def performance_report(
 
 
 def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
+    """One pass: rows grouped by probability (or its EXACT_ROWS bucket), truth and prediction,
+    with the sums behind every metric; the rest happens on those few groups in Python."""
     positive = canonical_json(model.positive_class)
     real = _float_type()
-    grouped = _query(
+    exact = predictions <= EXACT_ROWS
+    key = "proba" if exact else f"FLOOR(proba * {AUC_BUCKETS})"
+    groups = _query(
         f"""
-        SELECT bin, truth, predicted, COUNT(*), SUM(proba), SUM(ll), SUM(ll * ll),
-               SUM(br), SUM(br * br)
+        SELECT {key} AS k, y, hit, COUNT(*), SUM(proba),
+               SUM(ll), SUM(ll * ll), SUM(br), SUM(br * br)
         FROM (
-            SELECT truth, predicted, proba,
-                   CASE WHEN proba >= 1 THEN {CALIBRATION_BINS - 1} WHEN proba <= 0 THEN 0
-                        ELSE CAST(FLOOR(proba * {CALIBRATION_BINS}) AS INTEGER) END AS bin,
+            SELECT proba, y, hit,
                    -LN(CASE WHEN q < CAST(? AS {real}) THEN CAST(? AS {real})
                             WHEN q > CAST(? AS {real}) THEN CAST(? AS {real})
                             ELSE q END) AS ll,
                    (proba - y) * (proba - y) AS br
             FROM (
-                SELECT truth, predicted, proba,
-                       CASE WHEN truth = ? THEN CAST(1 AS {real}) ELSE CAST(0 AS {real}) END AS y,
+                SELECT proba,
+                       CASE WHEN truth = ? THEN 1 ELSE 0 END AS y,
+                       CASE WHEN predicted = ? THEN 1 ELSE 0 END AS hit,
                        CASE WHEN truth = ? THEN proba ELSE 1 - proba END AS q
                 FROM ({rows.sql}) src
                 WHERE proba IS NOT NULL
             ) labelled
         ) scored
-        GROUP BY bin, truth, predicted
+        GROUP BY k, y, hit
         """,
-        (_EPS, _EPS, 1 - _EPS, 1 - _EPS, positive, positive, *rows.params),
+        (_EPS, _EPS, 1 - _EPS, 1 - _EPS, positive, positive, positive, *rows.params),
     )
-    n = sum(g[3] for g in grouped)
+    n = sum(g[3] for g in groups)
     result = Measurement(model.task, predictions, n)
     if n == 0:
         result.estimates = {name: statistics.NO_DATA for name in _BINARY_METRICS}
         return result
-    labels = [canonical_json(c) for c in model.classes]
-    result.correct = sum(g[3] for g in grouped if g[1] == g[2])
-    result.confusion_matrix = _confusion(model.classes, labels, grouped)
-    positives = sum(g[3] for g in grouped if g[1] == positive)
-    tp = sum(g[3] for g in grouped if g[1] == positive and g[2] == positive)
-    predicted_positive = sum(g[3] for g in grouped if g[2] == positive)
+    cells = {(y, hit): 0 for y in (0, 1) for hit in (0, 1)}
+    for _, y, hit, count, *_ in groups:
+        cells[(y, hit)] += count
+    tp, positives, predicted_positive = (
+        cells[(1, 1)],
+        cells[(1, 0)] + cells[(1, 1)],
+        cells[(0, 1)] + cells[(1, 1)],
+    )
+    result.correct = cells[(1, 1)] + cells[(0, 0)]
+    # Rows and columns in the model's class order; flag 1 is the positive class.
+    flags = [int(c == model.positive_class) for c in model.classes]
+    result.confusion_matrix = {
+        "labels": model.classes,
+        "matrix": [[cells[(t, p)] for p in flags] for t in flags],
+    }
     f1 = 2 * tp / (predicted_positive + positives) if predicted_positive + positives else None
-    auc = _roc_auc(rows, positive, positives, n - positives)
+    auc = _roc_auc(groups, positives, n - positives)
     result.estimates = {
         "accuracy": statistics.proportion(result.correct, n),
         "precision": statistics.proportion(tp, predicted_positive),
         "recall": statistics.proportion(tp, positives),
         "f1": Estimate(f1),
         "roc_auc": statistics.roc_auc(auc, positives, n - positives),
-        "log_loss": statistics.mean(sum(g[5] for g in grouped), sum(g[6] for g in grouped), n),
-        "brier": statistics.mean(sum(g[7] for g in grouped), sum(g[8] for g in grouped), n),
+        "log_loss": statistics.mean(sum(g[5] for g in groups), sum(g[6] for g in groups), n),
+        "brier": statistics.mean(sum(g[7] for g in groups), sum(g[8] for g in groups), n),
     }
-    result.calibration = _calibration(grouped, lambda g: g[3] if g[1] == positive else 0)
+    per_bin = AUC_BUCKETS // CALIBRATION_BINS
+    bins = [
+        (
+            _bin(float(g[0])) if exact else min(CALIBRATION_BINS - 1, int(g[0]) // per_bin),
+            g[3],
+            g[4],
+            g[3] if g[1] else 0,
+        )
+        for g in groups
+    ]
+    result.calibration = _calibration(bins)
     return result
 
 
@@ -223,29 +251,21 @@ _BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss
 _REGRESSION_METRICS = ("mae", "rmse", "r2")
 
 
-def _roc_auc(rows: Rows, positive: str, positives: int, negatives: int) -> float | None:
-    """Mann-Whitney: the chance a positive outranks a negative, ties counting half, from one
-    pass over the distinct probabilities in order."""
+def _roc_auc(groups: Sequence[Sequence[Any]], positives: int, negatives: int) -> float | None:
+    """Mann-Whitney: the chance a positive outranks a negative, ties counting half, walking
+    the groups in order of probability."""
     if positives == 0 or negatives == 0:
         return None
-    pairs = _scalar(
-        f"""
-        SELECT SUM(pos * (below + 0.5 * neg)) FROM (
-            SELECT pos, neg,
-                   COALESCE(SUM(neg) OVER (ORDER BY proba ROWS BETWEEN UNBOUNDED PRECEDING
-                                           AND 1 PRECEDING), 0) AS below
-            FROM (
-                SELECT proba, SUM(CASE WHEN truth = ? THEN 1 ELSE 0 END) AS pos,
-                       SUM(CASE WHEN truth = ? THEN 0 ELSE 1 END) AS neg
-                FROM ({rows.sql}) src
-                WHERE proba IS NOT NULL
-                GROUP BY proba
-            ) distinct_probabilities
-        ) ranked
-        """,
-        (positive, positive, *rows.params),
-    )
-    return float(pairs) / (positives * negatives)
+    by_key: dict[float, list[int]] = {}
+    for k, y, _, count, *_ in groups:
+        by_key.setdefault(float(k), [0, 0])[y] += count
+    below = 0
+    pairs = 0.0
+    for k in sorted(by_key):
+        neg, pos = by_key[k]
+        pairs += pos * (below + 0.5 * neg)
+        below += neg
+    return pairs / (positives * negatives)
 
 
 def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
@@ -285,8 +305,9 @@ def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement
     matrix = skm.confusion_matrix(truth, predicted, labels=labels)
     result.confusion_matrix = {"labels": model.classes, "matrix": matrix.tolist()}
     # Calibration of the top label: its probability against how often it was right.
-    grouped = [(_bin(p), t, q, 1, p) for t, q, p, _ in fetched if p is not None]
-    result.calibration = _calibration(grouped, lambda g: 1 if g[1] == g[2] else 0)
+    result.calibration = _calibration(
+        [(_bin(p), 1, p, int(t == q)) for t, q, p, _ in fetched if p is not None]
+    )
     return result
 
 
@@ -322,31 +343,20 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
     return result
 
 
-def _confusion(
-    classes: list[Any], labels: list[str], grouped: Sequence[Sequence[Any]]
-) -> dict[str, Any]:
-    position = {label: i for i, label in enumerate(labels)}
-    matrix = [[0] * len(labels) for _ in labels]
-    for _, truth, predicted, count, *_ in grouped:
-        if truth in position and predicted in position:
-            matrix[position[truth]][position[predicted]] += count
-    return {"labels": classes, "matrix": matrix}
-
-
 def _bin(probability: float) -> int:
     return min(CALIBRATION_BINS - 1, max(0, math.floor(probability * CALIBRATION_BINS)))
 
 
-def _calibration(grouped: Sequence[Sequence[Any]], hits: Any) -> list[dict[str, Any]]:
-    """Per fixed-width bin of predicted probability: rows, mean prediction, observed rate."""
+def _calibration(bins: Sequence[tuple[int, int, float, int]]) -> list[dict[str, Any]]:
+    """Per fixed-width bin of predicted probability: rows, mean prediction, observed rate,
+    from (bin, rows, sum of probabilities, rows that came true) tuples."""
     counts = [0] * CALIBRATION_BINS
     predicted = [0.0] * CALIBRATION_BINS
     observed = [0] * CALIBRATION_BINS
-    for group in grouped:
-        b = int(group[0])
-        counts[b] += group[3]
-        predicted[b] += group[4]
-        observed[b] += hits(group)
+    for b, count, total, hits in bins:
+        counts[b] += count
+        predicted[b] += total
+        observed[b] += hits
     return [
         {
             "lower": b / CALIBRATION_BINS,

@@ -112,6 +112,25 @@ def test_binary_metrics_equal_scikit_learns(client):
     assert low < got["accuracy"] < high
 
 
+def test_beyond_the_exact_limit_only_roc_auc_is_bucketed(client, monkeypatch):
+    from serving import quality
+
+    def noisy(observation, rng):
+        return int(rng.random() < 0.5)
+
+    _predict_and_label(client, "tiny", noisy)
+    exact = client.get("/api/v1/tiny/performance?version=1").get_json()["versions"][0]
+    monkeypatch.setattr(quality, "EXACT_ROWS", 10)
+    bucketed = client.get("/api/v1/tiny/performance?version=1").get_json()["versions"][0]
+    for name, value in exact["metrics"].items():
+        tolerance = 1e-3 if name == "roc_auc" else 1e-12
+        assert bucketed["metrics"][name] == pytest.approx(value, abs=tolerance), name
+    for ours, reference in zip(bucketed["calibration"], exact["calibration"], strict=True):
+        assert ours["count"] == reference["count"]
+        assert ours["mean_predicted"] == pytest.approx(reference["mean_predicted"], abs=1e-12)
+    assert bucketed["confusion_matrix"] == exact["confusion_matrix"]
+
+
 def test_multiclass_metrics_equal_scikit_learns(client):
     labels = ["high", "low", "mid"]
 
