@@ -1,9 +1,12 @@
-# The service image. Railway (or any container host) builds it as it is; a local build with no
-# registry access passes BASE_IMAGE and a wheel folder instead (see README, "Deploy").
+# The service image. Railway (or any container host) builds it as it is. scripts/container-check
+# builds it with no registry access: BASE_IMAGE is then a local Debian bookworm image with Python
+# 3.11 in a virtualenv first on PATH, and WHEELS a folder of wheels the builder mounts.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-# Empty: install from PyPI. A folder of wheels (relative to the build context): install from it.
+# Empty: install from PyPI. A folder inside the build (`buildah build --volume DIR:/wheels:ro
+# --build-arg WHEELS=/wheels`): install from it alone. A mount, not a COPY, so the wheels never
+# reach a layer or the build context, where `COPY . .` would put them into /app.
 ARG WHEELS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,13 +21,11 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \
 WORKDIR /app
 
 COPY requirements_prod.txt ./
-COPY ${WHEELS:-requirements_prod.txt} /tmp/wheels/
 RUN if [ -n "${WHEELS}" ]; then \
-        pip install --no-cache-dir --no-index --find-links /tmp/wheels -r requirements_prod.txt; \
+        pip install --no-cache-dir --no-index --find-links "${WHEELS}" -r requirements_prod.txt; \
     else \
         pip install --no-cache-dir -r requirements_prod.txt; \
-    fi \
-    && rm -rf /tmp/wheels
+    fi
 
 COPY --chown=app:app . .
 USER 10001

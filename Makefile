@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run serve test lint migrate bench clean
+.PHONY: run serve test lint migrate bench container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev  ## the benchmark against the naive baseline (needs wrk; about 6 minutes)
 	$(BIN)/python -m bench $(ARGS)
+
+container-check:  ## build the image and run it for real (root; podman, buildah; about 2 minutes)
+	scripts/container-check
 
 migrate: $(VENV)/.prod
 	$(BIN)/flask --app app migrate
