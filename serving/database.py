@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from flask import Flask
 from playhouse import db_url
-from playhouse.pool import PooledDatabase, PooledSqliteDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledSqliteDatabase
 
 from serving.config import Settings
 from serving.errors import Unavailable
@@ -149,6 +149,14 @@ def run_with_retry(work: Callable[[], T]) -> T:
     for attempt in (1, 2):
         try:
             return work()
+        except MaxConnectionsExceeded as exc:
+            # Every pooled connection stayed busy for DB_POOL_WAIT_SECONDS: overloaded, not
+            # broken, so the caller may retry; keep DB_POOL_SIZE at least THREADS.
+            logger.warning("database pool exhausted: %s", exc)
+            raise Unavailable(
+                "Every database connection is busy; nothing was stored. Retry the request "
+                "with the same id."
+            ) from exc
         except CONNECTION_ERRORS as exc:
             discard_connections()
             if attempt == 2:

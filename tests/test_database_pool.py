@@ -1,0 +1,49 @@
+"""An exhausted connection pool is a 503 the client may retry, never a 500."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from serving import create_app
+from serving.database import db
+from tests.conftest import REPO_ROOT
+from tests.samples import PASSENGER
+
+
+def test_a_request_that_finds_every_connection_busy_gets_503_and_stores_nothing(
+    database_url, tmp_path
+):
+    app = create_app(
+        {
+            "database_url": database_url,
+            "root_model_dir": REPO_ROOT,
+            "models_dir": tmp_path / "none",
+            "db_pool_size": 1,
+            "db_pool_wait_seconds": 0.2,
+        }
+    )
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_only_connection() -> None:
+        db.connect(reuse_if_open=True)
+        holding.set()
+        release.wait(30)
+        db.close()
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        answer = app.test_client().post(
+            "/predict", data=json.dumps({"id": "busy", "observation": PASSENGER})
+        )
+        assert answer.status_code == 503
+        assert "connection" in answer.get_json()["error"]
+    finally:
+        release.set()
+        holder.join(30)
+    retried = app.test_client().post(
+        "/predict", data=json.dumps({"id": "busy", "observation": PASSENGER})
+    )
+    assert retried.status_code == 200
