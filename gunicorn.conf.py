@@ -1,8 +1,23 @@
 """gunicorn settings; the numbers come from serving.config like every other setting."""
 
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+from serving import metrics
 from serving.config import Settings
 
 _settings = Settings.from_env()
+# Every worker counts into files in one directory (prometheus_client's multiprocess mode), which
+# /metrics adds up. Without METRICS_DIR: a new one under the temporary folder, named here (an
+# unguessable name, nothing created yet) and handed to the app through gunicorn's environment,
+# which the master sets before it builds the app. A reload finds it set and keeps it.
+_temporary_metrics_dir: Path | None = None
+if _settings.metrics_dir is None:
+    _temporary_metrics_dir = Path(tempfile.gettempdir()) / f"serving-metrics-{secrets.token_hex(8)}"
+    raw_env = [f"METRICS_DIR={_temporary_metrics_dir}"]
+_metrics_dir: Path = _settings.metrics_dir or _temporary_metrics_dir  # type: ignore[assignment]
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.web_concurrency
@@ -19,3 +34,20 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+
+
+def on_starting(server) -> None:
+    """Counts start from zero: files an earlier run left behind would add to them."""
+    metrics.reset_directory(_metrics_dir)
+    server.log.info("metrics directory %s", _metrics_dir)
+
+
+def child_exit(server, worker) -> None:
+    """A worker is gone: its live gauges go with it; what it counted stays counted."""
+    metrics.worker_exited(worker.pid, _metrics_dir)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics directory this file made (one named by METRICS_DIR stays)."""
+    if _temporary_metrics_dir is not None:
+        shutil.rmtree(_temporary_metrics_dir, ignore_errors=True)

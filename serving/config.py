@@ -32,6 +32,14 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
     return _number(environ, name, default, float)
 
 
+def _optional_path(environ: Mapping[str, str], *names: str) -> Path | None:
+    for name in names:
+        raw = environ.get(name, "").strip()
+        if raw:
+            return Path(raw)
+    return None
+
+
 def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = environ.get(name, "").strip().lower()
     if not raw:
@@ -63,6 +71,8 @@ class Settings:
     skip_broken_models: bool = False
     status_refresh_seconds: float = 2.0
     batch_max_wait_ms: float = 0.0
+    # prometheus_client's multiprocess directory: gunicorn's workers count into files there.
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +105,7 @@ class Settings:
                 env, "STATUS_REFRESH_SECONDS", defaults.status_refresh_seconds
             ),
             batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
+            metrics_dir=_optional_path(env, "METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR"),
         )
 
     def updated(self, overrides: Mapping[str, object]) -> Settings:

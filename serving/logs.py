@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from serving import metrics
+
 # Attributes every LogRecord has; anything else was passed in `extra` and belongs in the line.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -86,7 +88,8 @@ request_logger = logging.getLogger("serving.requests")
 
 
 def init_app(app: Flask) -> None:
-    """Time each request and log it when its response is ready."""
+    """Time each request, count it (serving.metrics) and log it when its response is ready."""
+    count_request = metrics.init_app(app)
 
     @app.before_request
     def start_timer() -> None:
@@ -95,15 +98,17 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def log_request(response: Response) -> Response:
         started = g.get("started")
+        elapsed = time.perf_counter() - started if started else 0.0
         fields = {
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
+            "latency_ms": round(elapsed * 1000, 3) if started else None,
             "endpoint": None,
             "model_version": None,
             "observation_id": None,
         }
         fields.update(g.get("log_fields", {}))
+        count_request(request, response.status_code, fields, elapsed)
         request_logger.info("request", extra=fields)
         return response

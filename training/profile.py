@@ -35,8 +35,20 @@ def _numeric_profile(column: pd.Series) -> dict:
         # A single value has no sample spread; 0.0 keeps the profile free of NaN.
         "std": None if empty else float(values.std()) if len(values) > 1 else 0.0,
         "quantiles": [] if empty else [float(q) for q in values.quantile(QUANTILES)],
+        "bins": None if empty else _bins(values),
         "missing": _missing_share(column),
     }
+
+
+def _bins(values: pd.Series) -> dict:
+    """Exact shares of the present values in the bins drift uses: edges at the distinct inner
+    deciles, (-inf, e1], (e1, e2], ..., (ek, +inf). Deciles alone cannot give these shares for
+    a feature with few distinct values (most rows share one decile)."""
+    edges = sorted(set(float(q) for q in values.quantile(QUANTILES[1:-1])))
+    counts = np.bincount(
+        np.searchsorted(np.array(edges), values.to_numpy(), side="left"), minlength=len(edges) + 1
+    )
+    return {"edges": edges, "shares": [float(c / len(values)) for c in counts]}
 
 
 def _categorical_profile(column: pd.Series) -> dict:

@@ -2,7 +2,15 @@
 
 from flask import Flask
 
-from serving.http import endpoints, experiments, health, predictions, quality
+from serving.http import (
+    drift,
+    endpoints,
+    experiments,
+    health,
+    metrics,
+    predictions,
+    quality,
+)
 
 
 def register_blueprints(app: Flask) -> None:
@@ -12,3 +20,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(endpoints.blueprint)
     app.register_blueprint(experiments.blueprint)
     app.register_blueprint(quality.blueprint)
+    app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(drift.blueprint)

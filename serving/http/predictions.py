@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import predictions, routing
+from serving import metrics, predictions, routing
 from serving.errors import Conflict, InvalidInput, detail
 from serving.http.context import (
     annotate,
@@ -81,6 +81,8 @@ def predict(endpoint: str) -> tuple[dict[str, Any], int]:
         shadows().score(scorer(), endpoint, request_body.observation, [outcome])
     answer = predictions.to_json(outcome, request_body.observation_id)
     answer["warnings"] = warnings
+    label = None if model.task == "regression" else answer["prediction"]
+    metrics.record_prediction(endpoint, outcome.model_version, label, warnings)
     return answer, 200
 
 
