@@ -8,12 +8,14 @@ import click
 from flask import Flask, current_app
 
 from serving import database, migrations
+from serving.batch.command import score_command
 from serving.errors import ServiceError
 from serving.lifecycle import STATUSES
 
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
+    app.cli.add_command(score_command)
 
     @app.cli.command("migrate")
     def migrate_command() -> None:

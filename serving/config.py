@@ -59,6 +59,8 @@ class Settings:
     admin_token: str | None = None
     max_batch_rows: int = 10_000
     max_body_bytes: int = 1_000_000
+    # A batch of MAX_BATCH_ROWS rows is far larger than one observation.
+    max_batch_body_bytes: int = 16_000_000
     log_level: str = "INFO"
     web_concurrency: int = 2
     threads: int = 16
@@ -89,6 +91,7 @@ class Settings:
             admin_token=token,
             max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_batch_body_bytes=_int(env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes),
             log_level=(env.get("LOG_LEVEL", "").strip() or defaults.log_level).upper(),
             web_concurrency=_int(env, "WEB_CONCURRENCY", defaults.web_concurrency),
             threads=_int(env, "THREADS", defaults.threads),

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
+import peewee
+
 from serving.batching import MicroBatcher
-from serving.database import db, run_with_retry, write_transaction
+from serving.database import db, is_sqlite, run_with_retry, write_transaction
 from serving.errors import Conflict, ObservationNotFound, detail
 from serving.payloads import id_key
 from serving.tables import Prediction, utcnow
@@ -18,6 +23,48 @@ from serving.tables import Prediction, utcnow
 def canonical_json(value: Any) -> str:
     """One spelling per value, so stored observations compare as strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# How `canonical_json` spells the plain values a validated observation holds (json.dumps uses
+# float.__repr__, int.__repr__ and, with ensure_ascii, this encoder for strings).
+_PLAIN_JSON = {
+    float: float.__repr__,
+    int: int.__repr__,
+    str: encode_basestring_ascii,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _value: "null",
+}
+
+
+_SCALARS = {float, int, bool, type(None)}
+
+
+def canonical_json_each(values: Sequence[Any]) -> list[str]:
+    """`canonical_json` of each value: the same text, faster for plain values."""
+    if values and set(map(type, values)) <= _SCALARS:
+        # Numbers, booleans and nulls never contain a comma: encode the list, split it.
+        return canonical_json(list(values))[1:-1].split(",")
+    try:
+        out = [_PLAIN_JSON[type(v)](v) for v in values]
+    except KeyError:
+        return [canonical_json(v) for v in values]
+    if "nan" in out or "inf" in out or "-inf" in out:
+        raise ValueError("Out of range float values are not JSON compliant")
+    return out
+
+
+def canonical_json_rows(columns: Mapping[str, Sequence[Any]], rows: int) -> list[str]:
+    """`canonical_json` of `rows` objects that share their keys, given key by key."""
+    names = sorted(columns)
+    if not names:
+        return ["{}"] * rows
+    template = (
+        "{"
+        + ",".join(encode_basestring_ascii(name).replace("%", "%%") + ":%s" for name in names)
+        + "}"
+    )
+    fragments = [canonical_json_each(columns[name]) for name in names]
+    return [template % row for row in zip(*fragments, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -54,6 +101,40 @@ class NewPrediction:
         }
 
 
+@dataclass(frozen=True)
+class NewPredictions:
+    """Many scored observations about to be stored, column by column: what `save` takes.
+
+    Each field holds one value per row, as the table stores it: ids as `id_key` spells them,
+    observations, labels and probabilities as canonical JSON text.
+    """
+
+    endpoint: Sequence[str]
+    model_version: Sequence[str]
+    observation_id: Sequence[str]
+    observation: Sequence[str]
+    proba: Sequence[float | None]
+    prediction: Sequence[str | None]
+    probabilities: Sequence[str | None]
+    value: Sequence[float | None]
+    ab_test: Sequence[int | None]
+    arm: Sequence[str | None]
+    created_at: Sequence[dt.datetime]
+
+    def __len__(self) -> int:
+        return len(self.observation_id)
+
+    @classmethod
+    def of(cls, rows: Sequence[Mapping[str, Any]]) -> NewPredictions:
+        """Rows as `NewPrediction.row` makes them, turned into columns."""
+        return cls(**{column: [row[column] for row in rows] for column in _INSERTED})
+
+    def rows(self, positions: Sequence[int]) -> list[tuple[Any, ...]]:
+        """The rows at `positions`, each a tuple of its columns in INSERT order."""
+        columns = [getattr(self, column) for column in _INSERTED]
+        return [tuple(column[i] for column in columns) for i in positions]
+
+
 def store(batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
     """Store a batch in one transaction; answer each item with its committed row or a Conflict.
 
@@ -65,23 +146,65 @@ def store(batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
     if not batch:
         return []
     rows = [item.row() for item in batch]
-    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    first: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        unique.setdefault((row["endpoint"], row["observation_id"]), row)
+        first.setdefault((row["endpoint"], row["observation_id"]), row)
+    answers: list[Prediction | Conflict] = []
+    for item, row, outcome in zip(batch, rows, save(NewPredictions.of(rows)), strict=True):
+        if outcome is None:
+            answers.append(conflict(item.observation_id))
+        elif isinstance(outcome, Prediction):
+            answers.append(outcome)
+        else:
+            answers.append(
+                Prediction(id=outcome, **first[(row["endpoint"], row["observation_id"])])
+            )
+    return answers
 
-    def work() -> dict[tuple[str, str], Prediction]:
+
+def save(batch: NewPredictions) -> list[int | Prediction | None]:
+    """Store many predictions in one transaction, the bulk form of `store`. Each row is
+    answered with the id this call stored it under, the row stored before with the same
+    observation (a replay), or None when its id is stored with a different observation (a
+    conflict).
+
+    The first row of each (endpoint, observation id) is the one written; a later row with the
+    same key replays it when its observation is the same and conflicts when it differs.
+    """
+    if not len(batch):
+        return []
+    keys = list(zip(batch.endpoint, batch.observation_id, strict=True))
+    # Walking backwards leaves each key with its first position.
+    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+    positions = sorted(first.values())
+
+    def work() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], Prediction]]:
         with write_transaction():
-            stored = {
-                (e, o): Prediction(id=i, **unique[(e, o)]) for i, e, o in _insert(unique.values())
-            }
-            stored.update(_fetch([key for key in unique if key not in stored]))
-        return stored
+            inserted = _insert_new(batch, positions)
+            earlier = _fetch([key for key in first if key not in inserted])
+        return inserted, earlier
 
-    stored = run_with_retry(work)
-    return [
-        _outcome(item, row, stored[(row["endpoint"], row["observation_id"])])
-        for item, row in zip(batch, rows, strict=True)
-    ]
+    inserted, earlier = run_with_retry(work)
+    observations = batch.observation
+    outcomes: list[int | Prediction | None] = []
+    for i, key in enumerate(keys):
+        new_id = inserted.get(key)
+        if new_id is not None:
+            same = first[key] == i or observations[first[key]] == observations[i]
+            outcomes.append(new_id if same else None)
+        else:
+            existing = earlier[key]
+            outcomes.append(existing if existing.observation == observations[i] else None)
+    return outcomes
+
+
+def conflict(observation_id: str | int) -> Conflict:
+    """The error of an id stored with a different observation."""
+    return Conflict(
+        f"Observation id {observation_id!r} is already stored with a different "
+        "observation; use a new id, or resend the stored observation to replay its answer.",
+        [detail("id", "already stored with a different observation")],
+    )
 
 
 _INSERTED = (
@@ -113,13 +236,109 @@ def _insert_sql(rows: int, param: str) -> str:
     )
 
 
-def _insert(rows: Iterable[dict[str, Any]]) -> list[tuple[int, str, str]]:
+# From this many new rows on, PostgreSQL gets them through COPY, several times faster than
+# INSERT ... VALUES; fewer are not worth the extra round trip.
+_COPY_MIN_ROWS = 1000
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_NULL = "\\N"
+
+
+def _insert_new(batch: NewPredictions, positions: list[int]) -> dict[tuple[str, str], int]:
+    """Insert-or-ignore the rows at `positions`; return the ids of the rows inserted."""
+    if len(positions) >= _COPY_MIN_ROWS and not is_sqlite():
+        for attempt in (1, 2):
+            try:
+                # A savepoint: an id stored already undoes only this attempt.
+                with db.atomic():
+                    return _copy(batch, positions)
+            except peewee.IntegrityError:
+                if attempt == 2:
+                    break
+                # Leave out the ids stored already (a resumed or repeated file) and try once
+                # more; a writer racing us is left to the insert-or-ignore below.
+                stored = set(_stored(batch, positions))
+                keys = list(zip(batch.endpoint, batch.observation_id, strict=True))
+                positions = [i for i in positions if keys[i] not in stored]
+                if not positions:
+                    return {}
+    return {(e, o): i for i, e, o in _insert(batch.rows(positions))}
+
+
+def _stored(batch: NewPredictions, positions: list[int]) -> list[tuple[str, str]]:
+    """Which of these rows' keys are stored already (PostgreSQL)."""
+    by_endpoint: dict[str, list[str]] = {}
+    for i in positions:
+        by_endpoint.setdefault(batch.endpoint[i], []).append(batch.observation_id[i])
+    found: list[tuple[str, str]] = []
+    for endpoint, ids in by_endpoint.items():
+        cursor = db.execute_sql(
+            'SELECT "endpoint", "observation_id" FROM "prediction" '
+            'WHERE "endpoint" = %s AND "observation_id" = ANY(%s)',
+            (endpoint, ids),
+        )
+        found.extend(cursor.fetchall())
+    return found
+
+
+def _copy(batch: NewPredictions, positions: list[int]) -> dict[tuple[str, str], int]:
+    """COPY new rows into the table (PostgreSQL); IntegrityError if any id is stored already.
+
+    COPY answers nothing, so the ids are taken from the sequence first and written with the
+    rows.
+    """
+    whole = len(positions) == len(batch)
+    picked = {
+        c: list(getattr(batch, c)) if whole else [getattr(batch, c)[i] for i in positions]
+        for c in _INSERTED
+    }
+    with peewee.__exception_wrapper__:
+        cursor = db.cursor()
+        cursor.execute(
+            # The sequence's name is looked up once (a subquery), not once per row.
+            "SELECT nextval((SELECT pg_get_serial_sequence('prediction', 'id'))) "
+            "FROM generate_series(1, %s)",
+            (len(positions),),
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        columns = [list(map(str, ids))] + [_copy_text(c, picked[c]) for c in _INSERTED]
+        text = "".join(map("\t".join, zip(*columns, strict=True)))
+        names = ", ".join(f'"{c}"' for c in ("id", *_INSERTED))
+        cursor.copy_expert(
+            f'COPY "prediction" ({names}) FROM STDIN', io.StringIO(text), size=1 << 20
+        )
+    keys = zip(picked["endpoint"], picked["observation_id"], strict=True)
+    return dict(zip(keys, ids, strict=True))
+
+
+def _copy_text(column: str, values: list[Any]) -> list[str]:
+    """A column's values as COPY's text format spells them; the last column ends the line."""
+    null = _COPY_NULL
+    if column in ("proba", "value"):
+        out = [null if v is None else repr(float(v)) for v in values]
+    elif column == "ab_test":
+        out = [null if v is None else str(int(v)) for v in values]
+    elif column == "created_at":
+        spelled = {v: v.isoformat() for v in set(values)}
+        out = [spelled[v] for v in values]
+    else:
+        out = [null if v is None else v for v in values]
+        # One scan of the whole column instead of one translate per value: escapes are rare.
+        text = "".join(out)
+        if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+            escapes = _COPY_ESCAPES
+            out = [null if v is None else v.translate(escapes) for v in values]
+    if column == _INSERTED[-1]:
+        out = [v + "\n" for v in out]
+    return out
+
+
+def _insert(rows: Iterable[tuple[Any, ...]]) -> list[tuple[int, str, str]]:
     """Insert-or-ignore; return (id, endpoint, observation_id) of the rows actually inserted."""
     pending = list(rows)
     inserted: list[tuple[int, str, str]] = []
     for start in range(0, len(pending), _ROWS_PER_STATEMENT):
         chunk = pending[start : start + _ROWS_PER_STATEMENT]
-        params = [row[column] for row in chunk for column in _INSERTED]
+        params = [value for row in chunk for value in row]
         cursor = db.execute_sql(_insert_sql(len(chunk), db.obj.param), params)
         inserted.extend(cursor.fetchall())
     return inserted
@@ -131,23 +350,29 @@ def _fetch(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Prediction]
         by_endpoint.setdefault(endpoint, []).append(observation_id)
     found: dict[tuple[str, str], Prediction] = {}
     for endpoint, ids in by_endpoint.items():
-        query = Prediction.select().where(
-            (Prediction.endpoint == endpoint) & Prediction.observation_id.in_(ids)
-        )
-        found.update({(p.endpoint, p.observation_id): p for p in query})
+        if len(ids) > _ROWS_PER_STATEMENT and not is_sqlite():
+            found.update(_fetch_many(endpoint, ids))
+            continue
+        for start in range(0, len(ids), _ROWS_PER_STATEMENT):
+            query = Prediction.select().where(
+                (Prediction.endpoint == endpoint)
+                & Prediction.observation_id.in_(ids[start : start + _ROWS_PER_STATEMENT])
+            )
+            found.update({(p.endpoint, p.observation_id): p for p in query})
     return found
 
 
-def _outcome(
-    item: NewPrediction, row: dict[str, Any], existing: Prediction
-) -> Prediction | Conflict:
-    if existing.observation != row["observation"]:
-        return Conflict(
-            f"Observation id {item.observation_id!r} is already stored with a different "
-            "observation; use a new id, or resend the stored observation to replay its answer.",
-            [detail("id", "already stored with a different observation")],
-        )
-    return existing
+def _fetch_many(endpoint: str, ids: list[str]) -> dict[tuple[str, str], Prediction]:
+    """Many stored rows of one endpoint in one query (PostgreSQL): an array parameter is
+    planned once, where IN lists of 500 cost a planning each."""
+    names = [f.column_name for f in Prediction._meta.sorted_fields]
+    columns = ", ".join(f'"{name}"' for name in names)
+    cursor = db.execute_sql(
+        f'SELECT {columns} FROM "prediction" WHERE "endpoint" = %s AND "observation_id" = ANY(%s)',
+        (endpoint, ids),
+    )
+    rows = [Prediction(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+    return {(p.endpoint, p.observation_id): p for p in rows}
 
 
 class Writer:
@@ -210,24 +435,59 @@ def _not_found(observation_id: str | int) -> ObservationNotFound:
 
 def to_json(row: Prediction, observation_id: str | int | None = None) -> dict[str, Any]:
     """A stored prediction as the API returns it; the id is echoed as the caller spelled it."""
-    answer = {
-        "id": row.id,
-        "observation_id": row.observation_id if observation_id is None else observation_id,
-        "observation": json.loads(row.observation),
-        "proba": row.proba,
-        "prediction": None if row.prediction is None else json.loads(row.prediction),
-        "true_class": None if row.true_class is None else json.loads(row.true_class),
-        "endpoint": row.endpoint,
-        "model_version": row.model_version,
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+    return answer(
+        id=row.id,
+        observation_id=row.observation_id if observation_id is None else observation_id,
+        observation=json.loads(row.observation),
+        proba=row.proba,
+        prediction=None if row.prediction is None else json.loads(row.prediction),
+        true_class=None if row.true_class is None else json.loads(row.true_class),
+        endpoint=row.endpoint,
+        model_version=row.model_version,
+        created_at=_iso(row.created_at),
+        updated_at=_iso(row.updated_at),
+        probabilities=None if row.probabilities is None else json.loads(row.probabilities),
+        ab_test=row.ab_test,
+        arm=row.arm,
+    )
+
+
+def answer(
+    *,
+    id: int | None,
+    observation_id: str | int,
+    observation: dict[str, Any],
+    proba: float | None,
+    prediction: Any,
+    true_class: Any,
+    endpoint: str,
+    model_version: str,
+    created_at: str | None,
+    updated_at: str | None,
+    probabilities: dict[str, float] | None,
+    ab_test: int | None,
+    arm: str | None,
+) -> dict[str, Any]:
+    """The API's JSON for one prediction, from its decoded values: the one shape single and
+    batch answers share."""
+    out = {
+        "id": id,
+        "observation_id": observation_id,
+        "observation": observation,
+        "proba": proba,
+        "prediction": prediction,
+        "true_class": true_class,
+        "endpoint": endpoint,
+        "model_version": model_version,
+        "created_at": created_at,
+        "updated_at": updated_at,
     }
-    if row.probabilities is not None:
-        answer["probabilities"] = json.loads(row.probabilities)
-    if row.ab_test is not None:
-        answer["ab_test"] = row.ab_test
-        answer["arm"] = row.arm
-    return answer
+    if probabilities is not None:
+        out["probabilities"] = probabilities
+    if ab_test is not None:
+        out["ab_test"] = ab_test
+        out["arm"] = arm
+    return out
 
 
 def _iso(value: Any) -> str | None:

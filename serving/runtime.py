@@ -8,7 +8,7 @@ import logging
 import math
 import pickle
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,41 @@ class Score:
     probabilities: dict[str, float] | None = None
     # Regression models: the predicted value (also in `label`).
     value: float | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the model said about many observations, column by column."""
+
+    # Binary: the positive class's probability; multi-class: the predicted class's; else None.
+    proba: np.ndarray | None
+    # The predicted label of each row (a regression's value).
+    labels: list[Any]
+    # Multi-class: every class's probability, one column per class in `names` order.
+    probabilities: np.ndarray | None
+    # Regression: the predicted values.
+    values: np.ndarray | None
+    names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self) -> list[Score]:
+        """One Score per row, as `LoadedModel.predict` answers."""
+        if self.values is not None:
+            return [Score(None, v, value=v) for v in self.values.tolist()]
+        assert self.proba is not None
+        if self.probabilities is None:
+            return [
+                Score(p, label) for p, label in zip(self.proba.tolist(), self.labels, strict=True)
+            ]
+        names = self.names or []
+        return [
+            Score(p, label, dict(zip(names, row, strict=True)))
+            for p, label, row in zip(
+                self.proba.tolist(), self.labels, self.probabilities.tolist(), strict=True
+            )
+        ]
 
 
 def _sha256(path: Path) -> str:
@@ -213,9 +248,14 @@ class LoadedModel:
 
     def frame(self, observations: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """Validated observations as the DataFrame the pipeline was trained on."""
-        columns = self.columns
-        data = {name: [obs[name] for obs in observations] for name in columns}
-        frame = pd.DataFrame(data, columns=columns)
+        return self.columns_frame(
+            {name: [obs[name] for obs in observations] for name in self.columns}
+        )
+
+    def columns_frame(self, columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+        """Validated values, one sequence per input column, as the training DataFrame."""
+        names = self.columns
+        frame = pd.DataFrame({name: columns[name] for name in names}, columns=names)
         for f in self.schema.fields:
             column = frame[f.name]
             if f.kind == STRING:
@@ -234,26 +274,34 @@ class LoadedModel:
                 probabilities = self.compiled.predict_proba(observations)
             else:
                 probabilities = self.pipeline.predict_proba(self.frame(observations))
-            best = probabilities.argmax(axis=1)
-            if self._positive_index is not None:
-                return [
-                    Score(float(row[self._positive_index]), self.classes[int(i)])
-                    for row, i in zip(probabilities, best, strict=True)
-                ]
-            names = [str(c) for c in self.classes]
-            return [
-                Score(
-                    float(row[i]),
-                    self.classes[int(i)],
-                    dict(zip(names, map(float, row), strict=True)),
-                )
-                for row, i in zip(probabilities, best, strict=True)
-            ]
+            return self._scores(probabilities).rows()
         if self.compiled is not None:
             values = self.compiled.predict(observations)
         else:
             values = self.pipeline.predict(self.frame(observations))
-        return [Score(None, float(v), value=float(v)) for v in values]
+        return self._scores(values).rows()
+
+    def predict_columns(self, columns: Mapping[str, Sequence[Any]]) -> Scores:
+        """Score many validated observations given column by column, with the pipeline itself
+        on one DataFrame: for large batches that beats the compiled path."""
+        frame = self.columns_frame(columns)
+        if not len(frame):
+            return self._scores(np.empty((0, len(self.classes))) if self.classes else np.empty(0))
+        if self.classes:
+            return self._scores(self.pipeline.predict_proba(frame))
+        return self._scores(self.pipeline.predict(frame))
+
+    def _scores(self, output: np.ndarray) -> Scores:
+        """Class probabilities (classifiers) or values (regressions) as Scores."""
+        if not self.classes:
+            values = np.asarray(output, dtype=np.float64)
+            return Scores(None, values.tolist(), None, values)
+        best = output.argmax(axis=1)
+        labels = [self.classes[i] for i in best.tolist()]
+        if self._positive_index is not None:
+            return Scores(output[:, self._positive_index], labels, None, None)
+        chosen = output[np.arange(len(best)), best]
+        return Scores(chosen, labels, output, None, [str(c) for c in self.classes])
 
     def truth(self, value: Any) -> Any:
         """The ground truth a caller meant: a class label matched exactly or by its text, or a

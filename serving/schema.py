@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from serving.errors import InvalidInput, detail
@@ -84,11 +87,16 @@ def _problem(f: Field, value: Any) -> str | None:
     if f.kind == NUMBER:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"expected a number, got {_shown(value)}"
+        if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            return "expected a number, got an integer too large for a float"
     elif f.kind == INTEGER:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"expected an integer, got {_shown(value)}"
         if isinstance(value, float) and not value.is_integer():
             return f"expected an integer, got {value!r}"
+        low, high = _integer_range(f.dtype)
+        if not low <= value <= high:
+            return f"expected an integer between {low} and {high}, got {_shown(value)}"
     elif f.kind == BOOLEAN:
         if not isinstance(value, bool):
             return f"expected true or false, got {_shown(value)}"
@@ -98,6 +106,16 @@ def _problem(f: Field, value: Any) -> str | None:
     elif f.kind == CATEGORY and value not in (f.categories or ()):
         return f"expected one of {list(f.categories or ())}, got {_shown(value)}"
     return None
+
+
+_FLOAT_MAX = int(sys.float_info.max)
+
+
+@functools.lru_cache(maxsize=64)
+def _integer_range(dtype: Any) -> tuple[int, int]:
+    # The column's own bounds: a larger value would overflow when the frame is typed.
+    info = np.iinfo(getattr(dtype, "numpy_dtype", dtype))
+    return int(info.min), int(info.max)
 
 
 def _expected(f: Field) -> str:
@@ -127,6 +145,94 @@ def _normalised(f: Field, value: Any) -> Any:
     if f.kind == INTEGER:
         return int(value)
     return value
+
+
+class _Missing:
+    """The value of a field an observation does not have (None means JSON null)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def _not_plain(f: Field, values: Sequence[Any]) -> list[int]:
+    """Positions of the values `_problem` and `_normalised` must look at.
+
+    The rest are the common values of the field's exact JSON type, which `_problem` accepts
+    and `_normalised` returns unchanged; checking them by type alone keeps a large batch fast
+    while the rules themselves stay in `_problem`.
+    """
+    none = type(None)
+    if f.kind in (NUMBER, STRING):
+        plain = {float if f.kind == NUMBER else str}
+        if f.nullable:
+            plain.add(none)
+        return [i for i, v in enumerate(values) if type(v) not in plain]
+    if f.kind == INTEGER:
+        low, high = _integer_range(f.dtype)
+        nullable = f.nullable
+        return [
+            i
+            for i, v in enumerate(values)
+            if not ((type(v) is int and low <= v <= high) or (v is None and nullable))
+        ]
+    if f.kind == BOOLEAN:
+        return [i for i, v in enumerate(values) if type(v) is not bool]
+    return list(range(len(values)))
+
+
+def _maybe_surprising(f: Field, values: Sequence[Any]) -> list[int]:
+    """Positions of the values `Field.surprise` may object to: outside the training range,
+    or not among the categories training saw."""
+    found: set[int] = set()
+    if f.minimum is not None:
+        low, high = f.minimum, f.maximum
+        found.update(i for i, v in enumerate(values) if v is not None and not low <= v <= high)
+    if f.seen is not None:
+        seen = f.seen
+        found.update(i for i, v in enumerate(values) if v is not None and v not in seen)
+    return sorted(found)
+
+
+def _not_an_object(prefix: str, value: Any) -> InvalidInput:
+    return InvalidInput(
+        f"'{prefix}' must be an object.",
+        [detail(prefix, f"expected an object, got {json_type(value)}")],
+    )
+
+
+def _invalid(problems: list[dict[str, str]]) -> InvalidInput:
+    names = ", ".join(p["field"] for p in problems)
+    return InvalidInput(f"The observation has invalid fields: {names}.", problems)
+
+
+def _outside_training(surprises: list[dict[str, str]]) -> InvalidInput:
+    names = ", ".join(p["field"] for p in surprises)
+    return InvalidInput(
+        f"This model does not extrapolate, and these fields lie outside its training "
+        f"data: {names}.",
+        surprises,
+    )
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Many observations checked at once: the bulk form of what `validate` answers."""
+
+    # Every row's normalised values, field by field; a row with errors holds None there.
+    columns: dict[str, list[Any]]
+    # Why a row cannot be scored, by row position; the error `validate` would raise.
+    errors: dict[int, InvalidInput]
+    # Each row's warnings, as `validate` returns them (empty for rows with errors).
+    warnings: list[list[dict[str, str]]]
+
+    def valid(self) -> list[int]:
+        """Positions of the rows that can be scored, in order."""
+        return [i for i in range(len(self.warnings)) if i not in self.errors]
 
 
 @dataclass(frozen=True)
@@ -176,10 +282,7 @@ class InputSchema:
         outside the training data are errors too.
         """
         if not isinstance(observation, dict):
-            raise InvalidInput(
-                f"'{prefix}' must be an object.",
-                [detail(prefix, f"expected an object, got {json_type(observation)}")],
-            )
+            raise _not_an_object(prefix, observation)
         problems: list[dict[str, str]] = []
         clean: dict[str, Any] = {}
         for f in self.fields:
@@ -193,26 +296,85 @@ class InputSchema:
             else:
                 clean[f.name] = _normalised(f, value)
         if problems:
-            names = ", ".join(p["field"] for p in problems)
-            raise InvalidInput(f"The observation has invalid fields: {names}.", problems)
+            raise _invalid(problems)
         surprises = [
             detail(f"{prefix}.{f.name}", problem)
             for f in self.fields
             if (problem := f.surprise(clean[f.name])) is not None
         ]
         if surprises and reject_surprises:
-            names = ", ".join(p["field"] for p in surprises)
-            raise InvalidInput(
-                f"This model does not extrapolate, and these fields lie outside its training "
-                f"data: {names}.",
-                surprises,
-            )
-        unknown = [
+            raise _outside_training(surprises)
+        return clean, self._unknown(observation, prefix) + surprises
+
+    def validate_many(
+        self,
+        observations: Sequence[Any],
+        prefix: str = "observation",
+        reject_surprises: bool = False,
+    ) -> Checked:
+        """`validate` for many observations at once: the same rules, warnings and messages,
+        applied column by column; one bad row never stops the others."""
+        objects = [o if isinstance(o, dict) else {} for o in observations]
+        columns = {f.name: [o.get(f.name, MISSING) for o in objects] for f in self.fields}
+        names = self.by_name.keys()
+        unknown = [[] if o.keys() == names else self._unknown(o, prefix) for o in objects]
+        checked = self.validate_columns(columns, len(objects), prefix, reject_surprises, unknown)
+        for i, observation in enumerate(observations):
+            if not isinstance(observation, dict):
+                checked.errors[i] = _not_an_object(prefix, observation)
+                checked.warnings[i] = []
+        return checked
+
+    def validate_columns(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        rows: int,
+        prefix: str = "observation",
+        reject_surprises: bool = False,
+        unknown: Sequence[list[dict[str, str]]] | None = None,
+    ) -> Checked:
+        """Check `rows` observations given as one sequence of values per field (MISSING where
+        a row lacks the field), by the rules of `validate`. `unknown` holds each row's
+        warnings about ignored fields, which come first, as in `validate`."""
+        problems: dict[int, list[dict[str, str]]] = {}
+        clean: dict[str, list[Any]] = {}
+        for f in self.fields:
+            values = columns[f.name]
+            out = list(values)
+            name = f"{prefix}.{f.name}"
+            for i in _not_plain(f, values):
+                value = values[i]
+                problem = f"required: {_expected(f)}" if value is MISSING else _problem(f, value)
+                if problem:
+                    problems.setdefault(i, []).append(detail(name, problem))
+                    out[i] = None
+                else:
+                    out[i] = _normalised(f, value)
+            clean[f.name] = out
+        surprises: dict[int, list[dict[str, str]]] = {}
+        for f in self.fields:
+            values = clean[f.name]
+            for i in _maybe_surprising(f, values):
+                problem = f.surprise(values[i])
+                if problem is not None and i not in problems:
+                    surprises.setdefault(i, []).append(detail(f"{prefix}.{f.name}", problem))
+        errors: dict[int, InvalidInput] = {i: _invalid(found) for i, found in problems.items()}
+        warnings = [list(unknown[i]) if unknown else [] for i in range(rows)]
+        for i, found in surprises.items():
+            if reject_surprises:
+                errors[i] = _outside_training(found)
+            else:
+                warnings[i].extend(found)
+        for i in errors:
+            warnings[i] = []
+        return Checked(clean, errors, warnings)
+
+    def _unknown(self, observation: dict[str, Any], prefix: str) -> list[dict[str, str]]:
+        return [
             detail(f"{prefix}.{key}", "unknown field, ignored")
             for key in observation
             if key not in self.by_name
         ]
-        return clean, unknown + surprises
 
     def describe(self) -> list[dict[str, Any]]:
         """The fields as the API documents them."""

@@ -3,6 +3,7 @@
 from flask import Flask
 
 from serving.http import (
+    batch,
     drift,
     endpoints,
     experiments,
@@ -17,6 +18,7 @@ def register_blueprints(app: Flask) -> None:
     """Attach every blueprint to the app."""
     app.register_blueprint(health.blueprint)
     app.register_blueprint(predictions.blueprint)
+    app.register_blueprint(batch.blueprint)
     app.register_blueprint(endpoints.blueprint)
     app.register_blueprint(experiments.blueprint)
     app.register_blueprint(quality.blueprint)

@@ -1,0 +1,7 @@
+"""Batch scoring: many rows at once, over HTTP (`/api/v1/<endpoint>/predict/batch`) or from a
+CSV file with `flask score`, every scored row stored as an ordinary prediction.
+
+rows.py reads the input (JSON array or CSV) and its ids, cells.py reads CSV cells as JSON
+values, core.py routes, checks, scores and answers rows, render.py writes the answers as JSON
+or CSV, files.py streams a large file with resumable progress, command.py is `flask score`.
+"""

@@ -1,0 +1,273 @@
+"""Batch scoring: route the rows, check them, score each model's rows in one call, build the
+rows to store, and after `predictions.save` answer every row.
+
+Knows nothing of HTTP or files: the blueprint and the `flask score` command both call
+`route`, `prepare` and `Results.record`, with `predictions.save` (or nothing, with --no-log)
+in between.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving import routing
+from serving.batch.rows import Rows
+from serving.errors import ServiceError
+from serving.experiments import Experiments
+from serving.lifecycle import Lifecycle
+from serving.predictions import (
+    NewPredictions,
+    canonical_json_each,
+    canonical_json_rows,
+    conflict,
+    save,
+)
+from serving.registry import Registry
+from serving.runtime import LoadedModel
+from serving.tables import Prediction, iso, utcnow
+
+OK = 200
+
+
+@dataclass(frozen=True)
+class Group:
+    """The rows one route answers: a model version, and the A/B test and arm that chose it."""
+
+    route: routing.Route
+    positions: list[int]
+
+
+def route(
+    registry: Registry,
+    lifecycle: Lifecycle,
+    experiments: Experiments,
+    endpoint: str,
+    rows: Rows,
+    version: str | None = None,
+    status: str | None = None,
+) -> list[Group]:
+    """Which version answers which rows, by `routing.choose`, as /predict picks for one.
+
+    While an A/B test splits the endpoint's traffic each id is routed on its own (its arm
+    depends on it); otherwise the choice does not depend on the id, so it is made once for
+    the whole batch. Rows that cannot be scored (a bad id) go nowhere.
+    """
+    positions = [i for i, key in enumerate(rows.keys) if key is not None and i not in rows.errors]
+    if version is None and status is None and experiments.running(endpoint) is not None:
+        groups: dict[tuple[str, int | None, str | None], Group] = {}
+        for i in positions:
+            chosen = routing.choose(registry, lifecycle, experiments, endpoint, rows.keys[i])
+            key = (chosen.model.version, chosen.ab_test, chosen.arm)
+            groups.setdefault(key, Group(chosen, [])).positions.append(i)
+        return list(groups.values())
+    first = rows.keys[positions[0]] if positions else ""
+    # Resolved even when no row is valid, so an unknown version is still a 404.
+    chosen = routing.choose(
+        registry, lifecycle, experiments, endpoint, first, version=version, status=status
+    )
+    return [Group(chosen, positions)] if positions else []
+
+
+@dataclass
+class Results:
+    """Every row's answer, column by column, in input order.
+
+    `prepare` fills in what the models said; `record` adds what storing the rows did (an id,
+    a replay of an earlier row, or a conflict).
+    """
+
+    endpoint: str
+    ids: list[Any]
+    errors: dict[int, ServiceError]
+    warnings: list[list[dict[str, str]]]
+    batch_warnings: list[dict[str, str]] = field(default_factory=list)
+    # What answered each scored row and what it said; None elsewhere.
+    versions: list[str | None] = field(default_factory=list)
+    proba: list[float | None] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)
+    probabilities: list[dict[str, float] | None] = field(default_factory=list)
+    values: list[float | None] = field(default_factory=list)
+    ab_test: list[int | None] = field(default_factory=list)
+    arm: list[str | None] = field(default_factory=list)
+    # The stored spelling of each scored row's observation, label and probabilities.
+    observations: list[str | None] = field(default_factory=list)
+    labels_json: list[str | None] = field(default_factory=list)
+    probabilities_json: list[str | None] = field(default_factory=list)
+    # The scored rows in input order, the columns to store for them, and when.
+    positions: list[int] = field(default_factory=list)
+    new: NewPredictions | None = None
+    created_at: str | None = None
+    # Filled by `record`: each row's status and stored id; rows a row stored before answered.
+    status: list[int] = field(default_factory=list)
+    row_ids: list[int | None] = field(default_factory=list)
+    earlier: dict[int, Prediction] = field(default_factory=dict)
+    stored: int = 0
+    replayed: int = 0
+    conflicts: int = 0
+
+    @classmethod
+    def empty(cls, endpoint: str, rows: Rows) -> Results:
+        """Results for `rows` before any is scored: only the errors the rows carry."""
+        n = len(rows)
+        results = cls(endpoint, list(rows.ids), dict(rows.errors), [[] for _ in range(n)])
+        for name in _PER_ROW:
+            setattr(results, name, [None] * n)
+        return results
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def store(self, log: bool = True) -> Results:
+        """Store the scored rows in one transaction (unless not `log`) and record the outcome."""
+        if self.new is None:
+            raise RuntimeError("prepare() builds the rows to store")
+        return self.record(save(self.new) if log else None)
+
+    def record(self, outcomes: Sequence[int | Prediction | None] | None) -> Results:
+        """Take `predictions.save`'s outcomes for `new` (None: nothing was stored)."""
+        self.status = [OK] * len(self.ids)
+        for i, error in self.errors.items():
+            self.status[i] = error.status
+        self.row_ids = [None] * len(self.ids)
+        if outcomes is None:
+            return self
+        seen: set[int] = set()
+        for i, outcome in zip(self.positions, outcomes, strict=True):
+            if outcome is None:
+                self.status[i] = 409
+                self.errors[i] = conflict(self.ids[i])
+                self.warnings[i] = []
+                self.conflicts += 1
+            elif isinstance(outcome, Prediction):
+                self._replay(i, outcome)
+                self.replayed += 1
+            else:
+                self.row_ids[i] = outcome
+                # A repeated id with the same observation replays the row its first use stored.
+                if outcome in seen:
+                    self.replayed += 1
+                else:
+                    seen.add(outcome)
+                    self.stored += 1
+        return self
+
+    def _replay(self, i: int, row: Prediction) -> None:
+        # The stored answer stands, whichever version would answer today.
+        self.earlier[i] = row
+        self.row_ids[i] = row.id
+        self.versions[i] = row.model_version
+        self.proba[i] = row.proba
+        self.labels[i] = None if row.prediction is None else json.loads(row.prediction)
+        self.labels_json[i] = row.prediction
+        self.probabilities[i] = None if row.probabilities is None else json.loads(row.probabilities)
+        self.values[i] = row.value
+        self.ab_test[i] = row.ab_test
+        self.arm[i] = row.arm
+
+    def counts(self) -> dict[str, int]:
+        """How many rows were answered (stored anew or replayed), refused as invalid, and in
+        conflict."""
+        return {
+            "rows": len(self.ids),
+            "answered": sum(1 for status in self.status if status == OK),
+            "stored": self.stored,
+            "replayed": self.replayed,
+            "invalid": sum(1 for status in self.status if status == 422),
+            "conflicts": self.conflicts,
+        }
+
+
+_PER_ROW = (
+    "versions",
+    "proba",
+    "labels",
+    "probabilities",
+    "values",
+    "ab_test",
+    "arm",
+    "observations",
+    "labels_json",
+    "probabilities_json",
+)
+
+
+def prepare(endpoint: str, rows: Rows, groups: Sequence[Group]) -> Results:
+    """Check and score every group's rows with its model; build the rows to store."""
+    results = Results.empty(endpoint, rows)
+    results.batch_warnings = rows.ignored([group.route.model.schema for group in groups])
+    for group in groups:
+        model = group.route.model
+        checked = rows.check(model.schema, group.positions, model.rejects_surprises)
+        for local, error in checked.errors.items():
+            results.errors[group.positions[local]] = error
+        for local, found in enumerate(checked.warnings):
+            results.warnings[group.positions[local]] = found
+        valid = checked.valid()
+        if not valid:
+            continue
+        whole = len(valid) == len(group.positions)
+        columns = {
+            name: column if whole else [column[j] for j in valid]
+            for name, column in checked.columns.items()
+        }
+        targets = group.positions if whole else [group.positions[j] for j in valid]
+        _score(results, model, group.route, columns, targets)
+        results.positions.extend(targets)
+    results.positions.sort()
+    stamp = utcnow()
+    results.created_at = iso(stamp)
+    results.new = _new(results, [rows.keys[i] or "" for i in results.positions], stamp)
+    return results
+
+
+def _score(
+    results: Results,
+    model: LoadedModel,
+    route: routing.Route,
+    columns: dict[str, list[Any]],
+    targets: list[int],
+) -> None:
+    """Score one model's valid rows and write what it said into the rows at `targets`."""
+    scores = model.predict_columns(columns)
+    observations = canonical_json_rows(columns, len(targets))
+    labels_json = canonical_json_each(scores.labels)
+    none = [None] * len(targets)
+    proba = scores.proba.tolist() if scores.proba is not None else none
+    values = scores.values.tolist() if scores.values is not None else none
+    if scores.probabilities is not None and scores.names is not None:
+        names = scores.names
+        by_class = {name: scores.probabilities[:, k].tolist() for k, name in enumerate(names)}
+        spelled = canonical_json_rows(by_class, len(targets))
+        for i, row, text in zip(targets, scores.probabilities.tolist(), spelled, strict=True):
+            results.probabilities[i] = dict(zip(names, row, strict=True))
+            results.probabilities_json[i] = text
+    for k, i in enumerate(targets):
+        results.versions[i] = model.version
+        results.proba[i] = proba[k]
+        results.labels[i] = scores.labels[k]
+        results.labels_json[i] = labels_json[k]
+        results.values[i] = values[k]
+        results.ab_test[i] = route.ab_test
+        results.arm[i] = route.arm
+        results.observations[i] = observations[k]
+
+
+def _new(results: Results, keys: list[str], stamp: Any) -> NewPredictions:
+    """The columns to store for the scored rows."""
+    picked = results.positions
+    return NewPredictions(
+        endpoint=[results.endpoint] * len(picked),
+        model_version=[results.versions[i] or "" for i in picked],
+        observation_id=keys,
+        observation=[results.observations[i] or "" for i in picked],
+        proba=[results.proba[i] for i in picked],
+        prediction=[results.labels_json[i] for i in picked],
+        probabilities=[results.probabilities_json[i] for i in picked],
+        value=[results.values[i] for i in picked],
+        ab_test=[results.ab_test[i] for i in picked],
+        arm=[results.arm[i] for i in picked],
+        created_at=[stamp] * len(picked),
+    )
