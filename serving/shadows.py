@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from serving import statistics
@@ -118,6 +119,22 @@ class Shadows:
                 self._writer.submit([_score_row(p.id, model, score) for p in rows])
         except Exception:
             logger.exception("shadow scoring failed for endpoint %s; the answer stands", endpoint)
+
+    def score_many(
+        self, endpoint: str, scores: Callable[[LoadedModel], list[dict[str, Any]]]
+    ) -> None:
+        """Store every shadow's scores of many stored predictions at once (a batch):
+        `scores(model)` gives a shadow's `shadow_score` rows. Never raises."""
+        for version in self.versions(endpoint):
+            try:
+                model = self._registry.find(endpoint, version)
+                rows = scores(model) if model is not None else []
+                if rows:
+                    _store_scores(rows)
+            except Exception:
+                logger.exception(
+                    "shadow %s/%s failed to score a batch; the answers stand", endpoint, version
+                )
 
     def compare(self, endpoint: str, version: str) -> dict[str, Any]:
         """The shadow against the versions that answered the same requests, on the rows whose

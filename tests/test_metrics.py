@@ -170,6 +170,33 @@ def test_predictions_are_counted_by_label_and_warnings_by_feature(client):
     assert not any("favourite_colour" in v for _, ls in after for _, v in ls)
 
 
+def test_batch_rows_are_counted_like_single_predictions(client):
+    before = scrape(client)
+    odd = {**PASSENGER, "Age": 200.0}
+    rows = [
+        {"id": "b1", "observation": PASSENGER},
+        {"id": "b2", "observation": odd},
+        {"id": "b3", "observation": {**PASSENGER, "Pclass": "first"}},
+    ]
+    answer = client.post("/api/v1/default/predict/batch", data=json.dumps(rows)).json
+    after = scrape(client)
+    label = str(answer["results"][0]["prediction"])
+    assert answer["results"][1]["prediction"] == answer["results"][0]["prediction"]
+    common = {"endpoint": "default", "version": "1"}
+    # The invalid third row is not a prediction.
+    assert (
+        value(after, "serving_predictions_total", **common, label=label)
+        - value(before, "serving_predictions_total", **common, label=label)
+        == 2
+    )
+    warning = {**common, "feature": "Age", "kind": "out_of_range"}
+    assert (
+        value(after, "serving_prediction_warnings_total", **warning)
+        - value(before, "serving_prediction_warnings_total", **warning)
+        == 1
+    )
+
+
 def test_warning_labels_match_what_the_schema_says():
     model = LoadedModel.load(REPO_ROOT, "default", compile=False)
     odd = {**PASSENGER, "Age": -1.0, "Sex": "other", "extra": 1}

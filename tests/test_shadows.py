@@ -134,3 +134,23 @@ def test_no_labelled_rows_and_unknown_versions(client):
     assert client.get("/api/v1/nope/shadows").status_code == 404
     listed = client.get("/api/v1/tiny/shadows").get_json()
     assert [s["version"] for s in listed["shadows"]] == ["2"]
+
+
+def test_a_shadow_scores_the_rows_of_a_batch(app, client):
+    assert client.put("/api/v1/tiny/shadows/2", headers=ADMIN).status_code == 200
+    observations = _observations(30)
+    batch = [{"id": f"b{i}", "observation": o} for i, o in enumerate(observations)]
+    batch.append({"id": "bad", "observation": {"x": "not a number", "k": 1, "color": "red"}})
+    answer = client.post("/api/v1/tiny/predict/batch", data=json.dumps(batch))
+    assert answer.status_code == 200
+    # Sent again, the rows replay; the shadow keeps one score per row.
+    client.post("/api/v1/tiny/predict/batch", data=json.dumps(batch))
+
+    shadow_model = app.extensions["registry"].find("tiny", "2")
+    scores = {s.prediction_id: s for s in ShadowScore.select()}
+    stored = list(Prediction.select())
+    assert len(stored) == 30 and len(scores) == 30
+    for row in stored:
+        [expected] = shadow_model.predict([json.loads(row.observation)])
+        assert scores[row.id].proba == pytest.approx(expected.proba, abs=1e-12)
+        assert json.loads(scores[row.id].prediction) == expected.label

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving import routing
+from serving import metrics, routing
 from serving.batch.rows import Rows
 from serving.errors import ServiceError
 from serving.experiments import Experiments
@@ -223,6 +223,39 @@ def prepare(endpoint: str, rows: Rows, groups: Sequence[Group]) -> Results:
     return results
 
 
+@dataclass(frozen=True)
+class _Said:
+    """What a model said about n rows, each value as it is stored."""
+
+    proba: list[float | None]
+    labels: list[Any]
+    labels_json: list[str]
+    probabilities: list[dict[str, float] | None]
+    probabilities_json: list[str | None]
+    values: list[float | None]
+
+
+def _said(model: LoadedModel, columns: dict[str, list[Any]], n: int) -> _Said:
+    scores = model.predict_columns(columns)
+    none: list[Any] = [None] * n
+    probabilities, probabilities_json = none, none
+    if scores.probabilities is not None and scores.names is not None:
+        names = scores.names
+        by_class = {name: scores.probabilities[:, k].tolist() for k, name in enumerate(names)}
+        probabilities_json = canonical_json_rows(by_class, n)
+        probabilities = [
+            dict(zip(names, row, strict=True)) for row in scores.probabilities.tolist()
+        ]
+    return _Said(
+        proba=scores.proba.tolist() if scores.proba is not None else none,
+        labels=scores.labels,
+        labels_json=canonical_json_each(scores.labels),
+        probabilities=probabilities,
+        probabilities_json=probabilities_json,
+        values=scores.values.tolist() if scores.values is not None else none,
+    )
+
+
 def _score(
     results: Results,
     model: LoadedModel,
@@ -231,28 +264,69 @@ def _score(
     targets: list[int],
 ) -> None:
     """Score one model's valid rows and write what it said into the rows at `targets`."""
-    scores = model.predict_columns(columns)
+    said = _said(model, columns, len(targets))
     observations = canonical_json_rows(columns, len(targets))
-    labels_json = canonical_json_each(scores.labels)
-    none = [None] * len(targets)
-    proba = scores.proba.tolist() if scores.proba is not None else none
-    values = scores.values.tolist() if scores.values is not None else none
-    if scores.probabilities is not None and scores.names is not None:
-        names = scores.names
-        by_class = {name: scores.probabilities[:, k].tolist() for k, name in enumerate(names)}
-        spelled = canonical_json_rows(by_class, len(targets))
-        for i, row, text in zip(targets, scores.probabilities.tolist(), spelled, strict=True):
-            results.probabilities[i] = dict(zip(names, row, strict=True))
-            results.probabilities_json[i] = text
     for k, i in enumerate(targets):
         results.versions[i] = model.version
-        results.proba[i] = proba[k]
-        results.labels[i] = scores.labels[k]
-        results.labels_json[i] = labels_json[k]
-        results.values[i] = values[k]
+        results.proba[i] = said.proba[k]
+        results.labels[i] = said.labels[k]
+        results.labels_json[i] = said.labels_json[k]
+        results.probabilities[i] = said.probabilities[k]
+        results.probabilities_json[i] = said.probabilities_json[k]
+        results.values[i] = said.values[k]
         results.ab_test[i] = route.ab_test
         results.arm[i] = route.arm
         results.observations[i] = observations[k]
+
+
+def shadow_scores(model: LoadedModel, rows: Rows, results: Results) -> list[dict[str, Any]]:
+    """A shadow version's scores of the stored rows another version answered, as
+    `shadow_score` rows. The shadow checks the rows by its own schema and skips the ones it
+    refuses, as it does for a single prediction."""
+    positions = [
+        i
+        for i, row_id in enumerate(results.row_ids)
+        if row_id is not None and results.versions[i] != model.version
+    ]
+    if not positions:
+        return []
+    checked = rows.check(model.schema, positions, model.rejects_surprises)
+    valid = checked.valid()
+    if not valid:
+        return []
+    columns = {name: [column[j] for j in valid] for name, column in checked.columns.items()}
+    said = _said(model, columns, len(valid))
+    return [
+        {
+            "prediction_id": results.row_ids[positions[j]],
+            "endpoint": model.endpoint,
+            "model_version": model.version,
+            "proba": said.proba[k],
+            "prediction": said.labels_json[k],
+            "probabilities": said.probabilities_json[k],
+            "value": said.values[k],
+        }
+        for k, j in enumerate(valid)
+    ]
+
+
+def count(results: Results, models: dict[str, LoadedModel]) -> None:
+    """Count the answered rows in the Prometheus metrics, version by version, as /predict
+    counts each of its answers (replays too)."""
+    answered: dict[str, list[int]] = {}
+    for i, status in enumerate(results.status):
+        version = results.versions[i]
+        if status == OK and version is not None:
+            answered.setdefault(version, []).append(i)
+    for version, positions in answered.items():
+        model = models.get(version)
+        regression = model is not None and model.task == "regression"
+        metrics.record_predictions(
+            results.endpoint,
+            version,
+            [None if regression else results.labels[i] for i in positions],
+            [results.warnings[i] for i in positions],
+        )
 
 
 def _new(results: Results, keys: list[str], stamp: Any) -> NewPredictions:

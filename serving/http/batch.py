@@ -9,7 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.batch import core, render, rows
 from serving.errors import BadRequest, PayloadTooLarge, detail
-from serving.http.context import annotate, experiments, lifecycle, registry
+from serving.http.context import annotate, experiments, lifecycle, registry, shadows
 
 blueprint = Blueprint("batch", __name__)
 
@@ -44,6 +44,9 @@ def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
         status=request.args.get("status"),
     )
     results = core.prepare(endpoint, batch, groups).store()
+    core.count(results, versions)
+    if shadows().versions(endpoint):
+        shadows().score_many(endpoint, lambda model: core.shadow_scores(model, batch, results))
     annotate(model_version=",".join(sorted({g.route.model.version for g in groups})) or None)
     counts = results.counts()
     if _wants_csv():
