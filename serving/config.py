@@ -57,6 +57,8 @@ class Settings:
     models_dir: Path = REPO_ROOT / "models"
     default_endpoint: str = "default"
     admin_token: str | None = None
+    # Viewing the dashboard needs this token when set; unset, the read-only pages are open.
+    dashboard_token: str | None = None
     max_batch_rows: int = 10_000
     max_body_bytes: int = 1_000_000
     # A batch of MAX_BATCH_ROWS rows is far larger than one observation.
@@ -89,6 +91,7 @@ class Settings:
             models_dir=Path(env.get("MODELS_DIR") or defaults.models_dir),
             default_endpoint=env.get("DEFAULT_ENDPOINT", "").strip() or defaults.default_endpoint,
             admin_token=token,
+            dashboard_token=env.get("DASHBOARD_TOKEN", "").strip() or None,
             max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
             max_batch_body_bytes=_int(env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes),

@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from serving.dashboard import views as dashboard
 from serving.http import (
     batch,
     drift,
@@ -24,3 +25,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(quality.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(drift.blueprint)
+    app.register_blueprint(dashboard.blueprint)
