@@ -26,21 +26,12 @@ from tests.conftest import (
     fit_tiny_multiclass,
     fit_tiny_regression,
 )
+from tests.samples import PASSENGER
 from training.profile import profile_frame
 
 ADMIN_TOKEN = "admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DASHBOARD_TOKEN = "dash-token"
-PASSENGER = {
-    "Age": 22.0,
-    "Cabin": None,
-    "Embarked": "S",
-    "Fare": 7.25,
-    "Parch": 0,
-    "Pclass": 3,
-    "Sex": "male",
-    "SibSp": 1,
-}
 VOID = {"meta", "link", "br", "hr", "img", "input", "col", "wbr", "source"}
 
 
