@@ -26,7 +26,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         settings = settings.updated(config)
     logs.configure(settings.log_level)
 
-    app = Flask(__name__)
+    # No app-wide /static route: nothing is served from there (the dashboard and /docs serve
+    # their own files), and every route must be in the OpenAPI document.
+    app = Flask(__name__, static_folder=None)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -303,7 +303,9 @@ def parse_window(raw: str | None) -> Window:
     if raw is None or not raw.strip():
         return Window(DEFAULT_WINDOW_ROWS)
     text = raw.strip().lower()
-    if text.isdigit():
+    # Not str.isdigit: it is true of "²", which int() refuses (a 500); and at most 9 digits,
+    # since int() refuses more than 4300.
+    if re.fullmatch(r"\d{1,9}", text):
         rows = int(text)
         if not 1 <= rows <= MAX_WINDOW_ROWS:
             raise _bad_window(raw, f"expected {_WINDOW_HELP}, got {rows} predictions")

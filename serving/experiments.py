@@ -151,8 +151,13 @@ class Experiments:
     def find(self, endpoint: str, test_id: int) -> AbTest:
         """One test of an endpoint, or NotFound."""
         self._registry.endpoint(endpoint)
-        test = run_with_retry(
-            lambda: AbTest.get_or_none((AbTest.id == test_id) & (AbTest.endpoint == endpoint))
+        # Ids are 64-bit: a larger number names no test (the driver would raise, a 500).
+        test = (
+            run_with_retry(
+                lambda: AbTest.get_or_none((AbTest.id == test_id) & (AbTest.endpoint == endpoint))
+            )
+            if 0 <= test_id < 2**63
+            else None
         )
         if test is None:
             raise NotFound(

@@ -88,6 +88,11 @@ def parse_observation_id(body: dict[str, Any], field: str = "id") -> str | int:
         raise InvalidInput(
             f"'{field}' is too long.", [detail(field, f"longer than {MAX_ID_LENGTH} characters")]
         )
+    if isinstance(value, str) and "\x00" in value:
+        # PostgreSQL cannot store a NUL character in a text column (a 500 otherwise).
+        raise InvalidInput(
+            f"'{field}' must not contain NUL characters.", [detail(field, "contains NUL")]
+        )
     return value
 
 

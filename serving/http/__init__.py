@@ -5,6 +5,7 @@ from flask import Flask
 from serving.dashboard import views as dashboard
 from serving.http import (
     batch,
+    docs,
     drift,
     endpoints,
     experiments,
@@ -25,4 +26,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(quality.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(drift.blueprint)
+    app.register_blueprint(docs.blueprint)
     app.register_blueprint(dashboard.blueprint)

@@ -85,6 +85,16 @@ def change_status(endpoint: str, version: str) -> dict[str, Any]:
     for field, value in (("by", by), ("reason", reason)):
         if value is not None and not isinstance(value, str):
             raise InvalidInput(f"'{field}' must be a string.", [detail(field, "expected a string")])
+        # PostgreSQL refuses a NUL character in a text column (a 500 otherwise).
+        if value is not None and "\x00" in value:
+            raise InvalidInput(
+                f"'{field}' must not contain NUL characters.", [detail(field, "contains NUL")]
+            )
+    # The history's column holds 200 characters: PostgreSQL refuses more (a 500 otherwise).
+    if by is not None and len(by) > 200:
+        raise InvalidInput(
+            "'by' must be at most 200 characters.", [detail("by", "longer than 200 characters")]
+        )
     changes = lifecycle().change(endpoint, version, status, by or "admin-api", reason)
     return {
         "endpoint": endpoint,

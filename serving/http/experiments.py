@@ -24,7 +24,7 @@ def start_test(endpoint: str) -> tuple[dict[str, Any], int]:
         payload.get("version_a"),
         payload.get("version_b"),
         payload.get("split", 0.5),
-        payload.get("name"),
+        _text(payload, "name"),
         _text(payload, "by") or "admin-api",
     )
     return test, 201
@@ -101,9 +101,10 @@ def _optional_object() -> dict[str, Any]:
 
 def _text(payload: dict[str, Any], field: str) -> str | None:
     value = payload.get(field)
-    if value is not None and (not isinstance(value, str) or len(value) > 200):
+    # NUL: PostgreSQL cannot store it in a text column (a 500 otherwise).
+    if value is not None and (not isinstance(value, str) or len(value) > 200 or "\x00" in value):
         raise InvalidInput(
-            f"'{field}' must be a string of at most 200 characters.",
-            [detail(field, "expected a short string")],
+            f"'{field}' must be a string of at most 200 characters, without NUL characters.",
+            [detail(field, "expected a short string without NUL characters")],
         )
     return value

@@ -43,11 +43,12 @@ def _instant(name: str) -> dt.datetime | None:
     try:
         # An unencoded "+01:00" arrives as " 01:00": a query string's + means a space.
         value = dt.datetime.fromisoformat(re.sub(r" (\d\d:?\d\d)$", r"+\1", raw))
-    except ValueError:
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    # OverflowError: in UTC, the time falls before year 1 or after 9999 (a 500 otherwise).
+    except (ValueError, OverflowError):
         raise BadRequest(
             f"'{name}' must be an ISO 8601 date or time, e.g. 2026-11-24T10:00:00Z.",
             [detail(name, f"not an ISO 8601 time: {raw!r}")],
         ) from None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value

@@ -1,0 +1,86 @@
+"""/openapi.json, and /docs: Swagger UI from the installed flask-swagger-ui package, no CDN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import flask_swagger_ui
+from flask import Blueprint, Response, current_app, send_from_directory, url_for
+from markupsafe import escape
+
+from serving import openapi
+from serving.http.context import registry
+
+blueprint = Blueprint("docs", __name__)
+
+# Swagger UI's own files (JavaScript, CSS, icons) as the package installs them.
+ASSETS = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>sklearn-serving API</title>
+  <link rel="stylesheet" href="{css}">
+  <link rel="icon" type="image/png" href="{icon}">
+</head>
+<body>
+  <div id="swagger-ui" data-spec="{spec}"></div>
+  <script src="{bundle}"></script>
+  <script>
+    window.onload = function () {{
+      window.ui = SwaggerUIBundle({{
+        url: document.getElementById("swagger-ui").dataset.spec,
+        dom_id: "#swagger-ui",
+        deepLinking: true,
+        presets: [SwaggerUIBundle.presets.apis],
+        layout: "BaseLayout",
+        // Otherwise Swagger UI sends the document to validator.swagger.io for a badge.
+        validatorUrl: null
+      }});
+    }};
+  </script>
+</body>
+</html>
+"""
+
+
+def document() -> dict[str, Any]:
+    """The app's OpenAPI document, built once per process: the models are loaded at start
+    and never change after."""
+    extensions = current_app.extensions
+    if "openapi" not in extensions:
+        extensions["openapi"] = openapi.build(
+            registry(), current_app.config["SETTINGS"], set(current_app.blueprints)
+        )
+    return extensions["openapi"]
+
+
+@blueprint.get("/openapi.json")
+def openapi_json() -> dict[str, Any]:
+    """The OpenAPI 3.1 document: every route, each endpoint's real input schema."""
+    return document()
+
+
+@blueprint.get("/docs")
+def docs() -> Response:
+    """Swagger UI on /openapi.json; every asset comes from this server."""
+    page = PAGE.format(
+        css=_asset_url("swagger-ui.css"),
+        icon=_asset_url("favicon-32x32.png"),
+        bundle=_asset_url("swagger-ui-bundle.js"),
+        spec=escape(url_for("docs.openapi_json")),
+    )
+    return Response(page, mimetype="text/html")
+
+
+def _asset_url(name: str) -> str:
+    # Paths on this server (behind a proxy prefix too): nothing is fetched from elsewhere.
+    return escape(url_for("docs.asset", filename=name))
+
+
+@blueprint.get("/docs/assets/<path:filename>")
+def asset(filename: str) -> Response:
+    """One of Swagger UI's files; anything else is 404."""
+    return send_from_directory(ASSETS, filename, max_age=3600)

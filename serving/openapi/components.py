@@ -1,0 +1,445 @@
+"""Shared pieces of the document: the one error shape, the answers many operations give, the
+parameters, and the admin security scheme."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from serving.drift import DEFAULT_WINDOW_ROWS, MAX_WINDOW_ROWS
+from serving.lifecycle import STATUSES
+from serving.payloads import MAX_ID_LENGTH
+
+ADMIN = "adminToken"
+
+# A time bound in the query: ISO 8601, or empty for no bound (as a form leaves it).
+INSTANT = {"type": "string", "anyOf": [{"format": "date-time"}, {"maxLength": 0}]}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to a schema under components."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def array(items: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """An array schema."""
+    return {"type": "array", "items": items, **more}
+
+
+def obj(required: Sequence[str] = (), **properties: Any) -> dict[str, Any]:
+    """An object schema; keys it does not list may appear (answers grow, never shrink)."""
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
+NUMBER = {"type": "number"}
+BOOLEAN = {"type": "boolean"}
+ANY: dict[str, Any] = {}
+NULLABLE_STRING = {"type": ["string", "null"]}
+NULLABLE_NUMBER = {"type": ["number", "null"]}
+NULLABLE_INTEGER = {"type": ["integer", "null"]}
+TIME = {"type": ["string", "null"], "description": "ISO 8601, UTC"}
+# No NUL character: PostgreSQL cannot store one in a text column, so the service refuses it.
+NO_NUL = "^[^\\u0000]*$"
+# Who made a change, or why: null or absent means the default (admin-api, no reason).
+SHORT_TEXT = {"type": ["string", "null"], "maxLength": 200, "pattern": NO_NUL}
+# A metric with its 95% interval, null while there is no labelled data.
+ESTIMATE = obj(value=NULLABLE_NUMBER, low=NULLABLE_NUMBER, high=NULLABLE_NUMBER)
+
+# The JSON body of every error (serving/errors.py renders them all with one handler).
+ERROR = {
+    "type": "object",
+    "required": ["error", "details"],
+    "properties": {
+        "error": {"type": "string", "description": "One sentence a person can act on."},
+        "details": array(ref("Detail")),
+    },
+    "additionalProperties": False,
+}
+DETAIL = {
+    "type": "object",
+    "required": ["field", "problem"],
+    "properties": {
+        "field": {"type": "string", "examples": ["observation.Age"]},
+        "problem": {"type": "string", "examples": ["expected a number, got 'abc'"]},
+    },
+    "additionalProperties": False,
+}
+
+OBSERVATION_ID = {
+    "description": (
+        "Your observation id, unique per endpoint and an idempotency key: the same id with "
+        "the same observation replays the stored answer, with a different one it is 409. "
+        '`7` and `"7"` name the same observation.'
+    ),
+    "anyOf": [
+        {"type": "integer"},
+        # Not empty, not only white space, no NUL character.
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
+        },
+    ],
+}
+
+PREDICTION = obj(
+    [
+        "id",
+        "observation_id",
+        "observation",
+        "proba",
+        "prediction",
+        "true_class",
+        "endpoint",
+        "model_version",
+        "created_at",
+        "updated_at",
+    ],
+    id=NULLABLE_INTEGER | {"description": "The stored row's id."},
+    observation_id={"type": ["integer", "string"], "description": "Echoed as you sent it."},
+    observation={"type": "object", "description": "The validated observation the model saw."},
+    proba=NULLABLE_NUMBER
+    | {"description": "Probability of the positive class (of the predicted one if multi-class)."},
+    prediction={"description": "The predicted label, or the value of a regression."},
+    true_class={"description": "The ground truth sent to update, or null."},
+    endpoint=STRING,
+    model_version=STRING,
+    created_at=TIME,
+    updated_at=TIME,
+    probabilities={
+        "type": "object",
+        "additionalProperties": NUMBER,
+        "description": "Multi-class models: every label's probability.",
+    },
+    ab_test=INTEGER | {"description": "The A/B test that chose the version, when one did."},
+    arm={"enum": ["A", "B"]},
+    warnings=array(ref("Detail"), description="Ignored fields, values training never saw."),
+)
+
+BATCH_ROW = {
+    "description": "A row's /predict answer with status 200, or its error with its status.",
+    "anyOf": [
+        {"allOf": [ref("Prediction"), obj(["status", "warnings"], status={"const": 200})]},
+        obj(
+            ["observation_id", "status", "error", "details"],
+            observation_id={"description": "The row's id as sent (null when absent)."},
+            status=INTEGER,
+            error=STRING,
+            details=array(ref("Detail")),
+        ),
+    ],
+}
+BATCH_ANSWER = obj(
+    ["endpoint", "counts", "warnings", "results"],
+    endpoint=STRING,
+    counts={"type": "object", "additionalProperties": INTEGER},
+    warnings=array(ref("Detail")),
+    results=array(ref("BatchRow")),
+)
+
+STATUS_CHANGE = obj(
+    ["status"],
+    status={"enum": list(STATUSES)},
+    by=SHORT_TEXT | {"description": "Who changes it (default admin-api)."},
+    reason={"type": ["string", "null"], "pattern": NO_NUL},
+)
+WHO = obj(
+    by=SHORT_TEXT | {"description": "Who (default admin-api)."},
+    reason=SHORT_TEXT,
+)
+AB_TEST_START = obj(
+    ["version_a", "version_b"],
+    version_a=STRING | {"description": "A version of the endpoint."},
+    version_b=STRING | {"description": "Another version of the endpoint."},
+    split={
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "exclusiveMaximum": 1,
+        "default": 0.5,
+        "description": "The share of traffic sent to version B.",
+    },
+    name=SHORT_TEXT,
+    by=SHORT_TEXT,
+)
+AB_TEST_STOP = obj(
+    winner={"enum": ["A", "B", None], "description": "Force a winner."},
+    promote={"type": "boolean", "default": True},
+    by=SHORT_TEXT,
+    reason=SHORT_TEXT,
+)
+ARM = obj(
+    ["version", "requests", "labelled", "metrics"],
+    version=STRING,
+    requests=INTEGER,
+    labelled=INTEGER,
+    metrics={"type": "object", "additionalProperties": ref("Estimate")},
+)
+AB_TEST = obj(
+    ["id", "endpoint", "state", "split", "arms", "verdict"],
+    id=INTEGER,
+    endpoint=STRING,
+    name=NULLABLE_STRING,
+    state={"enum": ["running", "stopped"]},
+    split=NUMBER,
+    started_at=TIME,
+    started_by=NULLABLE_STRING,
+    ended_at=TIME,
+    ended_by=NULLABLE_STRING,
+    arms=obj(["A", "B"], A=ref("Arm"), B=ref("Arm")),
+    verdict=obj(["result"], result=STRING),
+    winner=NULLABLE_STRING,
+)
+SHADOW_CHANGE = obj(
+    ["endpoint", "version", "enabled"], endpoint=STRING, version=STRING, enabled=BOOLEAN
+)
+SHADOW = obj(
+    ["endpoint", "version", "enabled", "scored", "labelled", "shadow", "answering", "verdict"],
+    endpoint=STRING,
+    version=STRING,
+    enabled=BOOLEAN,
+    scored=INTEGER,
+    labelled=INTEGER,
+    answered_by={"type": "object", "additionalProperties": INTEGER},
+    shadow=obj(["metrics"], metrics={"type": "object", "additionalProperties": ref("Estimate")}),
+    answering=obj(["metrics"], metrics={"type": "object", "additionalProperties": ref("Estimate")}),
+    deltas={"type": "object", "additionalProperties": NULLABLE_NUMBER},
+    verdict=obj(["result"], result=STRING),
+)
+HISTORY_ROW = obj(
+    ["endpoint", "version", "from", "to", "by", "at"],
+    endpoint=STRING,
+    version=STRING,
+    to={"enum": list(STATUSES)},
+    by=STRING,
+    reason=NULLABLE_STRING,
+    at=STRING,
+    **{"from": {"enum": [*STATUSES, None]}},
+)
+VERSION_INFO = obj(
+    ["endpoint", "version", "task", "inputs", "status"],
+    endpoint=STRING,
+    version=STRING,
+    task=STRING,
+    classes={"type": "array"},
+    positive_class={},
+    inputs=array({"type": "object"}, description="The input schema, field by field."),
+    status={"enum": [*STATUSES, None]},
+    metrics={},
+    out_of_range={"enum": ["warn", "reject"]},
+    metadata_keys=array(STRING),
+)
+READY = obj(
+    ["status", "checks"],
+    status={"enum": ["ready", "not ready"]},
+    checks=obj(
+        ["models_loaded", "database"],
+        models_loaded=INTEGER,
+        database={"type": "string", "description": "ok, or why not"},
+        broken_models=array({"type": "object"}),
+    ),
+)
+ENDPOINT_SUMMARY = obj(
+    ["endpoint", "default", "versions"],
+    endpoint=STRING,
+    default=BOOLEAN,
+    versions=array(
+        obj(
+            ["version", "status", "task"],
+            version=STRING,
+            status={"enum": [*STATUSES, None]},
+            task=STRING,
+        )
+    ),
+)
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": ERROR,
+    "Detail": DETAIL,
+    "ObservationId": OBSERVATION_ID,
+    "Prediction": PREDICTION,
+    "BatchRow": BATCH_ROW,
+    "BatchAnswer": BATCH_ANSWER,
+    "StatusChange": STATUS_CHANGE,
+    "Who": WHO,
+    "AbTestStart": AB_TEST_START,
+    "AbTestStop": AB_TEST_STOP,
+    "Estimate": ESTIMATE,
+    "Arm": ARM,
+    "AbTest": AB_TEST,
+    "ShadowChange": SHADOW_CHANGE,
+    "Shadow": SHADOW,
+    "HistoryRow": HISTORY_ROW,
+    "VersionInfo": VERSION_INFO,
+    "Ready": READY,
+    "EndpointSummary": ENDPOINT_SUMMARY,
+}
+
+# Every error status an operation may list, and what it means there.
+ERRORS: dict[int, tuple[str, str]] = {
+    400: (
+        "BadRequest",
+        "Malformed body: not JSON, not UTF-8, nested too deeply, or not the "
+        "expected kind of value; or a malformed query parameter.",
+    ),
+    401: ("Unauthorized", "No `Authorization: Bearer <token>` header."),
+    403: ("Forbidden", "Wrong admin token, or ADMIN_TOKEN is not set on this server."),
+    404: (
+        "NotFound",
+        "Unknown endpoint, version, test, key or observation id, or no version "
+        "in the status asked for.",
+    ),
+    409: (
+        "Conflict",
+        "The id is stored with a different observation; the version is "
+        "archived; several versions share the status asked for; a test is already running "
+        "or stopped.",
+    ),
+    413: (
+        "PayloadTooLarge",
+        "The body is larger than MAX_BODY_BYTES (batches: "
+        "MAX_BATCH_BODY_BYTES), or the batch has more than MAX_BATCH_ROWS rows.",
+    ),
+    422: (
+        "InvalidInput",
+        "Valid JSON whose content is not: a missing field, a wrong type, "
+        "Infinity, a bad id, an unknown class or status. `details` names every field.",
+    ),
+    503: (
+        "Unavailable",
+        "The database is unreachable or busy: nothing was stored; retry with the same id.",
+    ),
+}
+
+
+def ab_test_start(versions: Sequence[str]) -> dict[str, Any]:
+    """AbTestStart with the versions this server loaded: any other name is refused."""
+    properties = AB_TEST_START["properties"]
+    return {
+        **AB_TEST_START,
+        "properties": {
+            **properties,
+            "version_a": properties["version_a"] | {"enum": list(versions)},
+            "version_b": properties["version_b"] | {"enum": list(versions)},
+        },
+    }
+
+
+def error_responses() -> dict[str, dict[str, Any]]:
+    """One response component per error status, all with the Error body."""
+    return {
+        name: {
+            "description": description,
+            "content": {"application/json": {"schema": ref("Error")}},
+        }
+        for name, description in ERRORS.values()
+    }
+
+
+def parameters(endpoints: Sequence[str], versions: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Path and query parameters. Endpoints and versions are the ones this server loaded: any
+    other name is a 404, so the enums are exactly what the server serves."""
+    return {
+        "Endpoint": {
+            "name": "endpoint",
+            "in": "path",
+            "required": True,
+            "description": "An endpoint this server serves.",
+            "schema": {"type": "string", "enum": list(endpoints)},
+        },
+        "Version": {
+            "name": "version",
+            "in": "path",
+            "required": True,
+            "description": "A version of the endpoint.",
+            "schema": {"type": "string", "enum": list(versions)},
+        },
+        "TestId": {
+            "name": "test_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        },
+        "MetadataKey": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "A key of the version's model.json.",
+            "schema": {"type": "string", "pattern": r"^[^/]+$"},
+        },
+        "VersionOrProduction": {
+            "name": "version",
+            "in": "query",
+            "description": "This version; absent or empty: the production version.",
+            "schema": {"type": "string", "enum": [*versions, ""]},
+        },
+        "VersionQuery": {
+            "name": "version",
+            "in": "query",
+            "description": "This version (wins over `status`).",
+            "schema": {"type": "string", "enum": list(versions)},
+        },
+        "StatusQuery": {
+            "name": "status",
+            "in": "query",
+            "description": "The version in this status (default production).",
+            "schema": {"type": "string", "enum": list(STATUSES)},
+        },
+        "Since": {
+            "name": "since",
+            "in": "query",
+            "description": "Predictions made at or after (ISO 8601; UTC without an offset).",
+            "schema": INSTANT | {"examples": ["2026-11-24T00:00:00Z"]},
+        },
+        "Until": {
+            "name": "until",
+            "in": "query",
+            "description": "Predictions made before (ISO 8601).",
+            "schema": INSTANT | {"examples": ["2026-11-25T00:00:00Z"]},
+        },
+        "File": {
+            "name": "filename",
+            "in": "path",
+            "required": True,
+            "description": "A file's path under the folder the route serves.",
+            "schema": {"type": "string", "examples": ["swagger-ui.css", "dashboard.css"]},
+        },
+        "DashboardToken": {
+            "name": "token",
+            "in": "query",
+            "description": "DASHBOARD_TOKEN, when the server sets one (or send it as "
+            "`Authorization: Bearer`); links on the page carry it along.",
+            "schema": {"type": "string"},
+        },
+        "Window": {
+            "name": "window",
+            "in": "query",
+            "description": f"The last N predictions (1 to {MAX_WINDOW_ROWS}, default "
+            f"{DEFAULT_WINDOW_ROWS}) or a duration such as 90s, 30m, 24h or 7d.",
+            "schema": {"type": "string", "examples": ["1000", "24h"]},
+        },
+    }
+
+
+# The parameter component each path template variable uses.
+PATH_PARAMETERS = {
+    "endpoint": "Endpoint",
+    "version": "Version",
+    "test_id": "TestId",
+    "name": "MetadataKey",
+    "filename": "File",
+}
+
+SECURITY_SCHEMES = {
+    ADMIN: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer $ADMIN_TOKEN`. Without ADMIN_TOKEN set on the "
+        "server, admin operations are always 403.",
+    }
+}

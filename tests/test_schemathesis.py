@@ -1,0 +1,119 @@
+"""Schemathesis against a live gunicorn server on 127.0.0.1: every operation of /openapi.json,
+generated valid and invalid requests, admin operations with the admin token. No 5xx, every
+answer conforms to the document, every status is documented, invalid input is refused.
+
+It runs on a throwaway database (the suite's SQLite file or PostgreSQL test database): admin
+operations change statuses, start and stop tests and shadows there, and nowhere else. The
+models are only read. Schemathesis talks to the server the test started and nothing else: the
+document has no `servers`, so every request goes to the URL it was loaded from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.live import gunicorn
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+ADMIN_TOKEN = "schemathesis-admin-token"
+# Per operation; with the coverage phase's own cases this is about 3,600 requests, under a
+# minute on two cores.
+MAX_EXAMPLES = 30
+SEED = 20261124
+TIMEOUT_SECONDS = 240
+
+# Rules the document states in words but JSON Schema cannot express. Each exemption is one
+# check on the operations it names; every other check still runs on them.
+CONFIG = """\
+# A valid body depends on the endpoint in the path ({endpoint}): the generic operations take
+# any object as the observation. Each endpoint's own copy (/api/v1/income/predict...) has its
+# model's exact schema and keeps the check.
+[[operations]]
+include-operation-id-regex = "^(predict|update|predict_batch)$"
+checks.positive_data_acceptance.enabled = false
+
+# Cross-field and range rules: version_a must differ from version_b (start_test); since must be
+# before until (performance); the window is 1 to 100000 predictions or 1s to 366d (drift and the
+# dashboard); a CSV upload needs a header with `id` and the model's columns (batches).
+[[operations]]
+include-operation-id-regex = "(start_test|performance|drift|dashboard_endpoint|predict_batch)"
+checks.positive_data_acceptance.enabled = false
+
+# A batch answers a row the model refuses with that row's own error and status inside a 200
+# (tests/test_openapi.py checks the per-row error); a batch over MAX_BATCH_ROWS rows is 413.
+[[operations]]
+include-operation-id-regex = "predict_batch"
+checks.negative_data_rejection.enabled = false
+"""
+
+
+def run_schemathesis(url: str, workdir: Path) -> dict:
+    """Run the schemathesis CLI on the server's document; its JSON report."""
+    # Every check runs: schemathesis enables all of them by default (`--checks` on the command
+    # line would override the per-operation exemptions of CONFIG).
+    config = workdir / "schemathesis.toml"
+    config.write_text(CONFIG)
+    report = workdir / "schemathesis-report.json"
+    argv = [
+        str(SCHEMATHESIS),
+        "--config-file",
+        str(config),
+        "run",
+        f"{url}/openapi.json",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--header",
+        f"Authorization: Bearer {ADMIN_TOKEN}",
+        "--request-timeout",
+        "30",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+    ]
+    result = subprocess.run(
+        argv,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
+    (workdir / "schemathesis.out").write_text(result.stdout + result.stderr)
+    assert report.exists(), f"schemathesis wrote no report:\n{result.stdout}\n{result.stderr}"
+    return {**json.loads(report.read_text()), "output": result.stdout + result.stderr}
+
+
+def test_schemathesis_finds_nothing(database_url: str, tmp_path: Path) -> None:
+    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING"}
+    with gunicorn(database_url, tmp_path, workers=2, env=env) as server:
+        document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+        # Requests go where the document was loaded from, never to a `servers` entry.
+        assert "servers" not in document
+        report = run_schemathesis(server.url, tmp_path)
+        log = server.log()
+
+    cases = report["test_cases"]
+    summary = (
+        f"schemathesis: {cases['generated']} cases, {len(report['failures'])} failures, "
+        f"{len(report['errors'])} errors in {report['running_time']:.0f}s"
+    )
+    print(summary)
+    output = report["output"][-20_000:]
+    assert report["complete"], f"{summary}\n{output}"
+    assert report["failures"] == [], f"{summary}\n{output}"
+    assert report["errors"] == [], f"{summary}\n{output}"
+    # Every operation was exercised, with enough cases to mean something.
+    operations = sum(1 for path in document["paths"].values() for _ in path)
+    assert cases["generated"] >= 10 * operations, summary
+    assert "unhandled error" not in log, log[-5000:]
