@@ -144,7 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{figures['speedup']:.1f}x; metrics agree within "
                 f"{figures['max_metric_difference']:.1e}"
             )
-            failed |= figures["max_metric_difference"] > 1e-9
+            # Beyond serving.quality.EXACT_ROWS, ROC AUC is computed on probability buckets:
+            # its error is bounded by the share of pairs sharing a bucket (~1e-4), and is far
+            # smaller in practice; every other metric is an exact sum.
+            failed |= figures["max_metric_difference"] > 1e-6
     return 1 if failed else 0
 
 
