@@ -1,5 +1,6 @@
 """gunicorn settings; the numbers come from serving.config like every other setting."""
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -12,10 +13,15 @@ _settings = Settings.from_env()
 # Every worker counts into files in one directory (prometheus_client's multiprocess mode), which
 # /metrics adds up. Without METRICS_DIR: a new one under the temporary folder, named here (an
 # unguessable name, nothing created yet) and handed to the app through gunicorn's environment,
-# which the master sets before it builds the app. A reload finds it set and keeps it.
+# which the master sets before it builds the app. A reload (SIGHUP) reads this file again with
+# METRICS_DIR still set; the name kept in the master's own environment says the directory is
+# the one made here, so the reload keeps it and on_exit still removes it.
+_KEPT_NAME = "_SERVING_GUNICORN_METRICS_DIR"
+_kept = os.environ.get(_KEPT_NAME)
 _temporary_metrics_dir: Path | None = None
-if _settings.metrics_dir is None:
-    _temporary_metrics_dir = Path(tempfile.gettempdir()) / f"serving-metrics-{secrets.token_hex(8)}"
+if _settings.metrics_dir is None or str(_settings.metrics_dir) == _kept:
+    fresh = Path(tempfile.gettempdir()) / f"serving-metrics-{secrets.token_hex(8)}"
+    _temporary_metrics_dir = Path(os.environ.setdefault(_KEPT_NAME, str(fresh)))
     raw_env = [f"METRICS_DIR={_temporary_metrics_dir}"]
 _metrics_dir: Path = _settings.metrics_dir or _temporary_metrics_dir  # type: ignore[assignment]
 

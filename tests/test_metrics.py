@@ -393,4 +393,12 @@ def test_without_metrics_dir_gunicorn_counts_in_a_temporary_directory(database_u
         assert found, server.log()
         directory = Path(found.group(1))
         assert counted_pids(directory)
-    assert not directory.exists()  # removed when gunicorn exited
+
+        # A reload (SIGHUP) starts new workers that count on in the same directory.
+        master = server.process.pid
+        before = wait_for_workers(master, 2)
+        os.kill(master, signal.SIGHUP)
+        wait_for_workers(master, 2, not_in=before)
+        send(server.url, range(30, 40))
+        assert_counted(server.url, 40)
+    assert not directory.exists()  # removed when gunicorn exited, reloaded or not
