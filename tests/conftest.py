@@ -54,16 +54,24 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'predictions.db'}"
 
 
-@pytest.fixture
-def app(database_url: str, tmp_path: Path):
-    """The service on the bundled Titanic model alone and a fresh database."""
-    application = create_app(
+def make_app(database_url: str, models_dir: Path, **settings: object):
+    """The real app: the bundled model as `default`, the endpoints under `models_dir`, statuses
+    re-read on every request; `settings` override any other setting."""
+    return create_app(
         {
             "database_url": database_url,
             "root_model_dir": REPO_ROOT,
-            "models_dir": tmp_path / "no-more-models",
+            "models_dir": models_dir,
+            "status_refresh_seconds": 0,
+            **settings,
         }
     )
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path):
+    """The service on the bundled Titanic model alone and a fresh database."""
+    application = make_app(database_url, tmp_path / "no-more-models")
     yield application
     from serving.database import close_all
 

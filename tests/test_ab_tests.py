@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from serving import create_app
 from serving.experiments import assign
 from serving.predictions import NewPrediction, store
 from serving.tables import Prediction
-from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_regression
+from tests.conftest import fit_tiny_model, fit_tiny_regression, make_app
 
 TOKEN = "ab-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,16 +30,7 @@ def models_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(database_url: str, models_dir: Path):
-    app = create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": models_dir,
-            "admin_token": TOKEN,
-            "status_refresh_seconds": 0,
-        }
-    )
-    return app.test_client()
+    return make_app(database_url, models_dir, admin_token=TOKEN).test_client()
 
 
 def start(client, endpoint="tiny", headers=ADMIN, **body):

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 import requests
 
-from serving import create_app
 from serving.experiments import assign
 from serving.predictions import to_json
 from serving.tables import Prediction
-from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_multiclass
+from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_multiclass, make_app
 from tests.live import gunicorn
 from tests.samples import PASSENGER
 
@@ -38,16 +37,7 @@ def models_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def app(database_url: str, models_dir: Path):
-    application = create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": models_dir,
-            "admin_token": TOKEN,
-            "status_refresh_seconds": 0,
-            "max_batch_rows": 1000,
-        }
-    )
+    application = make_app(database_url, models_dir, admin_token=TOKEN, max_batch_rows=1000)
     yield application
     from serving.database import close_all
 
@@ -276,16 +266,9 @@ def test_more_rows_than_max_batch_rows_is_413(app, client):
 
 
 def test_a_body_over_the_batch_limit_is_413_naming_the_limit(database_url, models_dir):
-    app = create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": models_dir,
-            "max_batch_body_bytes": 5000,
-            "max_body_bytes": 1000,
-        }
-    )
-    client = app.test_client()
+    client = make_app(
+        database_url, models_dir, max_batch_body_bytes=5000, max_body_bytes=1000
+    ).test_client()
     rows = [{"id": i, "observation": PASSENGER} for i in range(60)]
     answer = post(client, rows)
     assert answer.status_code == 413

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import create_app
 from serving.config import Settings
 from serving.dashboard import charts
 from serving.tables import Prediction
@@ -25,6 +24,7 @@ from tests.conftest import (
     fit_tiny_model,
     fit_tiny_multiclass,
     fit_tiny_regression,
+    make_app,
 )
 from tests.samples import PASSENGER
 from training.profile import profile_frame
@@ -113,24 +113,15 @@ def models_dir(tmp_path: Path) -> Path:
     return root
 
 
-def make_app(database_url: str, models_dir: Path, **overrides):
-    """The real app on these models, with an admin token and statuses never cached."""
-    return create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": models_dir,
-            "admin_token": ADMIN_TOKEN,
-            "status_refresh_seconds": 0,
-            **overrides,
-        }
-    )
+def dashboard_app(database_url: str, models_dir: Path, **overrides):
+    """The real app on these models, with an admin token."""
+    return make_app(database_url, models_dir, admin_token=ADMIN_TOKEN, **overrides)
 
 
 @pytest.fixture
 def app(database_url: str, models_dir: Path):
-    """The app of make_app, its connections closed afterwards."""
-    application = make_app(database_url, models_dir)
+    """The app of dashboard_app, its connections closed afterwards."""
+    application = dashboard_app(database_url, models_dir)
     yield application
     from serving.database import close_all
 
@@ -404,7 +395,7 @@ def test_without_a_token_setting_pages_are_open(client):
 
 
 def test_the_token_setting_guards_every_page(database_url, models_dir):
-    app = make_app(database_url, models_dir, dashboard_token=DASHBOARD_TOKEN)
+    app = dashboard_app(database_url, models_dir, dashboard_token=DASHBOARD_TOKEN)
     try:
         client = app.test_client()
         for path in ("/", "/dashboard/tiny", "/dashboard/nope"):

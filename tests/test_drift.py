@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import create_app
 from serving.drift import (
     EPSILON,
     categorical_drift,
@@ -23,7 +22,7 @@ from serving.drift import (
     psi,
 )
 from serving.errors import BadRequest
-from tests.conftest import REPO_ROOT, fit_tiny_model
+from tests.conftest import REPO_ROOT, fit_tiny_model, make_app
 from training.profile import profile_column
 
 DECILES = [-3.0, -1.28, -0.84, -0.52, -0.25, 0.0, 0.25, 0.52, 0.84, 1.28, 3.0]
@@ -213,10 +212,7 @@ def client(database_url: str, tmp_path: Path):
             root / "tiny" / version, version=version, initial_status=status, profile=PROFILE
         )
     fit_tiny_model(root / "bare" / "1", initial_status="production")
-    app = create_app(
-        {"database_url": database_url, "root_model_dir": REPO_ROOT, "models_dir": root}
-    )
-    yield app.test_client()
+    yield make_app(database_url, root).test_client()
     from serving.database import close_all
 
     close_all()

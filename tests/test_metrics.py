@@ -18,9 +18,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving import create_app, metrics
+from serving import metrics
 from serving.runtime import LoadedModel
-from tests.conftest import REPO_ROOT, fit_tiny_multiclass, fit_tiny_regression
+from tests.conftest import REPO_ROOT, fit_tiny_multiclass, fit_tiny_regression, make_app
 from tests.live import gunicorn
 from tests.samples import PASSENGER
 
@@ -63,15 +63,7 @@ def client(database_url: str, tmp_path: Path):
     fit_tiny_regression(root / "line" / "1", initial_status="production")
     fit_tiny_multiclass(root / "tiers" / "1", initial_status="production")
     (root / "broken" / "3").mkdir(parents=True)  # no pipeline.pickle
-    app = create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": root,
-            "skip_broken_models": True,
-        }
-    )
-    yield app.test_client()
+    yield make_app(database_url, root, skip_broken_models=True).test_client()
     from serving.database import close_all
 
     close_all()

@@ -14,9 +14,8 @@ import pytest
 from openapi_spec_validator import validate
 from sklearn.linear_model import LogisticRegression
 
-from serving import create_app
 from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING
-from tests.conftest import REPO_ROOT, _tiny_frame, _tiny_pipeline, write_model
+from tests.conftest import REPO_ROOT, _tiny_frame, _tiny_pipeline, make_app, write_model
 
 ADMIN_TOKEN = "docs-admin-token"
 METHODS = {"get", "put", "post", "delete", "patch"}
@@ -40,14 +39,7 @@ def docs_app(database_url: str, tmp_path: Path):
         for version in (REPO_ROOT / "models" / name).iterdir():
             (models / name / version.name).symlink_to(version)
     fit_category_model(models / "shapes" / "1")
-    application = create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": models,
-            "admin_token": ADMIN_TOKEN,
-        }
-    )
+    application = make_app(database_url, models, admin_token=ADMIN_TOKEN)
     yield application
     from serving.database import close_all
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from serving import create_app
 from serving.tables import Prediction
-from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression
+from tests.conftest import fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression, make_app
 
 
 @pytest.fixture
@@ -22,10 +21,7 @@ def client(database_url: str, tmp_path: Path):
     fit_tiny_model(root / "tiny" / "2", shift=1.5, version="2", initial_status="testing")
     fit_tiny_multiclass(root / "tiers" / "1", initial_status="production")
     fit_tiny_regression(root / "line" / "1", initial_status="production")
-    app = create_app(
-        {"database_url": database_url, "root_model_dir": REPO_ROOT, "models_dir": root}
-    )
-    return app.test_client()
+    return make_app(database_url, root).test_client()
 
 
 def _observations(n: int, seed: int = 1) -> list[dict]:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import create_app
 from serving.runtime import ModelLoadError
 from serving.tables import Prediction, VersionStatus
-from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression
+from tests.conftest import fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression, make_app
 from tests.samples import PASSENGER
 
 TOKEN = "s3cret-token"
@@ -27,18 +26,6 @@ def models_dir(tmp_path: Path) -> Path:
     fit_tiny_multiclass(root / "tiers" / "1", initial_status="production")
     fit_tiny_regression(root / "line" / "1", initial_status="production", out_of_range="reject")
     return root
-
-
-def make_app(database_url: str, models_dir: Path, **settings):
-    return create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": models_dir,
-            "status_refresh_seconds": 0,
-            **settings,
-        }
-    )
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import create_app
 from serving.tables import Prediction, ShadowScore
-from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_regression
+from tests.conftest import fit_tiny_model, fit_tiny_regression, make_app
 
 TOKEN = "shadow-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,15 +22,7 @@ def app(database_url: str, tmp_path: Path):
     fit_tiny_model(root / "tiny" / "2", shift=1.5, version="2", initial_status="testing")
     fit_tiny_regression(root / "line" / "1", version="1", initial_status="production")
     fit_tiny_regression(root / "line" / "2", version="2", initial_status="testing")
-    return create_app(
-        {
-            "database_url": database_url,
-            "root_model_dir": REPO_ROOT,
-            "models_dir": root,
-            "admin_token": TOKEN,
-            "status_refresh_seconds": 0,
-        }
-    )
+    return make_app(database_url, root, admin_token=TOKEN)
 
 
 @pytest.fixture
