@@ -78,19 +78,20 @@ def show_shadow(endpoint: str, version: str) -> dict[str, Any]:
 @blueprint.put("/shadows/<version>")
 def enable_shadow(endpoint: str, version: str) -> dict[str, Any]:
     """Admin: make a version score every request of its endpoint without answering."""
-    require_admin()
-    payload = _optional_object()
-    by, reason = _text(payload, "by") or "admin-api", _text(payload, "reason")
-    return shadows().set(endpoint, version, True, by, reason)
+    return _set_shadow(endpoint, version, True)
 
 
 @blueprint.delete("/shadows/<version>")
 def disable_shadow(endpoint: str, version: str) -> dict[str, Any]:
     """Admin: stop shadowing; scores already stored stay for comparison."""
+    return _set_shadow(endpoint, version, False)
+
+
+def _set_shadow(endpoint: str, version: str, enabled: bool) -> dict[str, Any]:
     require_admin()
     payload = _optional_object()
     by, reason = _text(payload, "by") or "admin-api", _text(payload, "reason")
-    return shadows().set(endpoint, version, False, by, reason)
+    return shadows().set(endpoint, version, enabled, by, reason)
 
 
 def _optional_object() -> dict[str, Any]:
