@@ -46,6 +46,7 @@ import numpy as np
 
 from serving.database import run_with_retry
 from serving.errors import BadRequest, detail
+from serving.runtime import LoadedModel
 from serving.tables import Prediction, iso, utcnow
 
 EPSILON = 1e-4
@@ -197,10 +198,8 @@ def numeric_drift(feature: str, entry: Mapping[str, Any], values: Sequence[Any])
     if len(quantiles) == 1:
         raise ProfileError("'quantiles' needs at least two values")
     missing = _share(entry, "missing")
-    edges, shares = numeric_edges([float(q) for q in quantiles])
     exact = _exact_bins(entry.get("bins"))
-    if exact is not None:
-        edges, shares = exact
+    edges, shares = exact or numeric_edges([float(q) for q in quantiles])
     # bool is an int: True and False count as 1 and 0, as pandas profiled them.
     numbers = np.array([float(v) for v in values if isinstance(v, int | float)], np.float64)
     numbers = numbers[~np.isnan(numbers)]
@@ -387,6 +386,20 @@ def drift_report(
         "features": features,
         "skipped": skipped,
     }
+
+
+def model_drift(model: LoadedModel, window: Window) -> dict[str, Any]:
+    """`drift_report` of one loaded version: its inputs over `window` against the profile in
+    its model.json."""
+    recent = recent_observations(model.endpoint, model.version, window)
+    return drift_report(
+        model.endpoint,
+        model.version,
+        model.metadata.get("profile"),
+        model.columns,
+        window,
+        recent,
+    )
 
 
 def _summary(

@@ -108,8 +108,7 @@ def init_app(app: Flask) -> RequestCounter:
     directory = app.config["SETTINGS"].metrics_dir
     if directory is not None:
         _use_directory(Path(directory))
-    registry = app.extensions.get("registry")
-    return RequestCounter(_built(), frozenset(registry.models) if registry else frozenset())
+    return RequestCounter(_built(), frozenset(app.extensions["registry"].models))
 
 
 def _use_directory(directory: Path) -> None:

@@ -205,7 +205,7 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
     n = sum(g[3] for g in groups)
     result = Measurement(model.task, predictions, n)
     if n == 0:
-        result.estimates = {name: statistics.NO_DATA for name in _BINARY_METRICS}
+        result.estimates = {name: statistics.NO_DATA for name in BINARY_METRICS}
         return result
     cells = {(y, hit): 0 for y in (0, 1) for hit in (0, 1)}
     for _, y, hit, count, *_ in groups:
@@ -247,8 +247,8 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
     return result
 
 
-_BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
-_REGRESSION_METRICS = ("mae", "rmse", "r2")
+BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
+REGRESSION_METRICS = ("mae", "rmse", "r2")
 
 
 def _roc_auc(groups: Sequence[Sequence[Any]], positives: int, negatives: int) -> float | None:
@@ -275,7 +275,7 @@ def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement
     result = Measurement(model.task, predictions, len(fetched))
     names = [str(c) for c in model.classes]
     if not fetched:
-        result.estimates = {name: statistics.NO_DATA for name in _BINARY_METRICS}
+        result.estimates = {name: statistics.NO_DATA for name in BINARY_METRICS}
         return result
     index = {canonical_json(c): i for i, c in enumerate(model.classes)}
     truth = np.array([index[t] for t, _, _, _ in fetched])
@@ -326,7 +326,7 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
     )[0]
     result = Measurement("regression", predictions, n)
     if not n:
-        result.estimates = {name: statistics.NO_DATA for name in _REGRESSION_METRICS}
+        result.estimates = {name: statistics.NO_DATA for name in REGRESSION_METRICS}
         return result
     result.abs_error_sum, result.abs_error_squares = abs_sum, sq_sum
     mse = statistics.mean(sq_sum, sq_squares, n)

@@ -102,6 +102,17 @@ class Registry:
             )
         return versions
 
+    def version(self, endpoint: str, version: str) -> LoadedModel:
+        """One version of an endpoint, whatever its status; NotFound naming the known ones."""
+        versions = self.endpoint(endpoint)
+        model = versions.get(version)
+        if model is None:
+            raise NotFound(
+                f"Endpoint {endpoint!r} has no version {version!r}.",
+                [detail("version", f"unknown; known: {sorted(versions, key=version_order)}")],
+            )
+        return model
+
     def resolve(
         self,
         endpoint: str,
@@ -112,12 +123,7 @@ class Registry:
         """The version that answers: the one named, else the one in `status` (production)."""
         versions = self.endpoint(endpoint)
         if version is not None:
-            model = versions.get(version)
-            if model is None:
-                raise NotFound(
-                    f"Endpoint {endpoint!r} has no version {version!r}.",
-                    [detail("version", f"unknown; known: {sorted(versions, key=version_order)}")],
-                )
+            model = self.version(endpoint, version)
             if statuses.get((endpoint, version)) == ARCHIVED:
                 raise Conflict(
                     f"Version {version!r} of {endpoint!r} is archived; change its status to "

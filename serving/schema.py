@@ -94,7 +94,7 @@ def _problem(f: Field, value: Any) -> str | None:
             return f"expected an integer, got {_shown(value)}"
         if isinstance(value, float) and not value.is_integer():
             return f"expected an integer, got {value!r}"
-        low, high = _integer_range(f.dtype)
+        low, high = integer_range(f.dtype)
         if not low <= value <= high:
             return f"expected an integer between {low} and {high}, got {_shown(value)}"
     elif f.kind == BOOLEAN:
@@ -112,8 +112,9 @@ _FLOAT_MAX = int(sys.float_info.max)
 
 
 @functools.lru_cache(maxsize=64)
-def _integer_range(dtype: Any) -> tuple[int, int]:
-    # The column's own bounds: a larger value would overflow when the frame is typed.
+def integer_range(dtype: Any) -> tuple[int, int]:
+    """The bounds of an integer column's dtype: a larger value would overflow when the frame
+    is typed."""
     info = np.iinfo(getattr(dtype, "numpy_dtype", dtype))
     return int(info.min), int(info.max)
 
@@ -173,7 +174,7 @@ def _not_plain(f: Field, values: Sequence[Any]) -> list[int]:
             plain.add(none)
         return [i for i, v in enumerate(values) if type(v) not in plain]
     if f.kind == INTEGER:
-        low, high = _integer_range(f.dtype)
+        low, high = integer_range(f.dtype)
         nullable = f.nullable
         return [
             i

@@ -59,14 +59,6 @@ class Traffic:
                 return f"{n} {name}{'s' if n != 1 else ''}"
         return f"{self.width} seconds"
 
-    def to_json(self) -> dict[str, Any]:
-        """A plain summary, handy in tests and logs."""
-        return {
-            "width_seconds": self.width,
-            "starts": [s.isoformat() + "Z" for s in self.starts],
-            "counts": {f"{e}/{v}": c for (e, v), c in sorted(self.counts.items())},
-        }
-
 
 def choose_width(span_seconds: float) -> int:
     """The smallest width that shows `span_seconds` in at most MAX_BUCKETS buckets."""

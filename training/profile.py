@@ -26,6 +26,7 @@ def profile_column(column: pd.Series) -> dict:
 def _numeric_profile(column: pd.Series) -> dict:
     values = column.dropna().astype(np.float64)
     empty = values.empty
+    quantiles = [] if empty else [float(q) for q in values.quantile(QUANTILES)]
     return {
         "kind": "numeric",
         "dtype": str(column.dtype),
@@ -34,17 +35,17 @@ def _numeric_profile(column: pd.Series) -> dict:
         "mean": None if empty else float(values.mean()),
         # A single value has no sample spread; 0.0 keeps the profile free of NaN.
         "std": None if empty else float(values.std()) if len(values) > 1 else 0.0,
-        "quantiles": [] if empty else [float(q) for q in values.quantile(QUANTILES)],
-        "bins": None if empty else _bins(values),
+        "quantiles": quantiles,
+        "bins": None if empty else _bins(values, quantiles[1:-1]),
         "missing": _missing_share(column),
     }
 
 
-def _bins(values: pd.Series) -> dict:
+def _bins(values: pd.Series, inner_deciles: list[float]) -> dict:
     """Exact shares of the present values in the bins drift uses: edges at the distinct inner
     deciles, (-inf, e1], (e1, e2], ..., (ek, +inf). Deciles alone cannot give these shares for
     a feature with few distinct values (most rows share one decile)."""
-    edges = sorted(set(float(q) for q in values.quantile(QUANTILES[1:-1])))
+    edges = sorted(set(inner_deciles))
     counts = np.bincount(
         np.searchsorted(np.array(edges), values.to_numpy(), side="left"), minlength=len(edges) + 1
     )

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from serving.drift import drift_report, parse_window, recent_observations
-from serving.errors import NotFound, ServiceError, Unavailable, detail
+from serving.drift import model_drift, parse_window
+from serving.errors import ServiceError, Unavailable
 from serving.experiments import RUNNING, Experiments
 from serving.lifecycle import PRODUCTION, Lifecycle
-from serving.quality import performance_report
+from serving.quality import BINARY_METRICS, REGRESSION_METRICS, performance_report
 from serving.registry import Registry, version_order
 from serving.runtime import LoadedModel
 from serving.tables import utcnow
@@ -37,8 +37,6 @@ METRIC_NAMES = {
     "rmse": "RMSE",
     "r2": "R²",
 }
-CLASSIFIER_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
-REGRESSION_METRICS = ("mae", "rmse", "r2")
 HISTORY_ROWS = 10
 
 
@@ -61,7 +59,7 @@ def _panel(build: Callable[[], T]) -> Panel:
 
 def metric_names(task: str) -> tuple[str, ...]:
     """The metrics a task is measured by, in display order."""
-    return REGRESSION_METRICS if task == "regression" else CLASSIFIER_METRICS
+    return REGRESSION_METRICS if task == "regression" else BINARY_METRICS
 
 
 def overview(
@@ -118,7 +116,6 @@ def endpoint_page(
             "fast_path": bool(m.fast_path.get("enabled")),
             "training_metrics": _training_metrics(m),
             "quality": measured.get(m.version),
-            "metric_names": metric_names(m.task),
             "traffic": seen.series(endpoint, m.version),
         }
         for m in ordered
@@ -132,20 +129,11 @@ def endpoint_page(
         "traffic_series": [(v["version"], v["traffic"]) for v in versions],
         "metric_columns": [
             name
-            for name in (*CLASSIFIER_METRICS, *REGRESSION_METRICS)
+            for name in (*BINARY_METRICS, *REGRESSION_METRICS)
             if any(name in metric_names(task) for task in tasks)
         ],
         "quality": quality,
-        "drift": _panel(
-            lambda: drift_report(
-                endpoint,
-                drifted.version,
-                drifted.metadata.get("profile"),
-                drifted.columns,
-                parsed_window,
-                recent_observations(endpoint, drifted.version, parsed_window),
-            )
-        ),
+        "drift": _panel(lambda: model_drift(drifted, parsed_window)),
         "drift_version": drifted.version,
         "window": window or "",
         "tests": _panel(lambda: experiments.list(endpoint)),
@@ -166,14 +154,9 @@ def _drift_model(
 ) -> LoadedModel:
     """The version whose drift is shown: the one asked for, else production, else the
     newest."""
-    models = registry.endpoint(endpoint)
     if wanted is not None:
-        if wanted not in models:
-            raise NotFound(
-                f"Endpoint {endpoint!r} has no version {wanted!r}.",
-                [detail("version", f"unknown; known: {sorted(models, key=version_order)}")],
-            )
-        return models[wanted]
+        return registry.version(endpoint, wanted)
+    models = registry.endpoint(endpoint)
     producing = [v for v in models if statuses.get((endpoint, v)) == PRODUCTION]
     chosen = producing[0] if producing else max(models, key=version_order)
     return models[chosen]

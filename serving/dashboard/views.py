@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, render_template, request, ur
 from serving.dashboard import charts
 from serving.dashboard.pages import METRIC_NAMES, endpoint_page, overview
 from serving.errors import ServiceError, Unauthorized
+from serving.http.auth import bearer_token
 from serving.http.context import annotate, experiments, lifecycle, registry
 
 blueprint = Blueprint(
@@ -32,9 +33,7 @@ def require_token() -> None:
     token = current_app.config["SETTINGS"].dashboard_token
     if not token or request.endpoint == "dashboard.static":
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    given = given.strip() if scheme.lower() == "bearer" else ""
-    given = given or request.args.get("token", "")
+    given = bearer_token() or request.args.get("token", "")
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise Unauthorized(
             "This dashboard needs its token: open the page with ?token=<DASHBOARD_TOKEN> or "

@@ -51,9 +51,7 @@ def document() -> dict[str, Any]:
     and never change after."""
     extensions = current_app.extensions
     if "openapi" not in extensions:
-        extensions["openapi"] = openapi.build(
-            registry(), current_app.config["SETTINGS"], set(current_app.blueprints)
-        )
+        extensions["openapi"] = openapi.build(registry(), current_app.config["SETTINGS"])
     return extensions["openapi"]
 
 

@@ -6,10 +6,8 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from serving.drift import drift_report, parse_window, recent_observations
-from serving.errors import NotFound, detail
+from serving.drift import model_drift, parse_window
 from serving.http.context import annotate, lifecycle, registry
-from serving.registry import version_order
 
 blueprint = Blueprint("drift", __name__, url_prefix="/api/v1/<endpoint>")
 
@@ -19,20 +17,12 @@ def drift(endpoint: str) -> dict[str, Any]:
     """PSI per input of ?version= (default: the production version) over ?window= (the last
     1000 predictions by default, or a duration such as 24h)."""
     annotate(endpoint=endpoint)
-    versions = registry().endpoint(endpoint)
     wanted = request.args.get("version") or None
-    if wanted is None:
-        model = registry().resolve(endpoint, lifecycle().statuses())
-    elif wanted in versions:
-        model = versions[wanted]
-    else:
-        raise NotFound(
-            f"Endpoint {endpoint!r} has no version {wanted!r}.",
-            [detail("version", f"unknown; known: {sorted(versions, key=version_order)}")],
-        )
+    model = (
+        registry().version(endpoint, wanted)
+        if wanted
+        else registry().resolve(endpoint, lifecycle().statuses())
+    )
     annotate(model_version=model.version)
     window = parse_window(request.args.get("window"))
-    recent = recent_observations(endpoint, model.version, window)
-    return drift_report(
-        endpoint, model.version, model.metadata.get("profile"), model.columns, window, recent
-    )
+    return model_drift(model, window)

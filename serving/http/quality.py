@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from serving.errors import BadRequest, NotFound, detail
+from serving.errors import BadRequest, detail
 from serving.http.context import registry
 from serving.quality import performance_report
 from serving.registry import version_order
@@ -21,13 +21,10 @@ def performance(endpoint: str) -> dict[str, Any]:
     """Metrics of every version (or ?version=) on predictions made in [?since, ?until)."""
     versions = registry().endpoint(endpoint)
     wanted = request.args.get("version")
-    if wanted is not None and wanted not in versions:
-        raise NotFound(
-            f"Endpoint {endpoint!r} has no version {wanted!r}.",
-            [detail("version", f"unknown; known: {sorted(versions, key=version_order)}")],
-        )
     chosen = (
-        [versions[wanted]] if wanted else [versions[v] for v in sorted(versions, key=version_order)]
+        [registry().version(endpoint, wanted)]
+        if wanted is not None
+        else [versions[v] for v in sorted(versions, key=version_order)]
     )
     since, until = _instant("since"), _instant("until")
     if since and until and since >= until:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 from serving.config import Settings
@@ -31,11 +30,8 @@ paths describe the same routes for any endpoint. Every error has one JSON shape,
 """
 
 
-def build(
-    registry: Registry, settings: Settings, blueprints: Collection[str] | None = None
-) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of an app serving `registry`, with the operations of the
-    `blueprints` it registered (None: all of them)."""
+def build(registry: Registry, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of an app serving `registry`."""
     endpoints = sorted(registry.models)
     versions = sorted({v for vs in registry.models.values() for v in vs}, key=version_order)
     rows = settings.max_batch_rows
@@ -47,8 +43,6 @@ def build(
 
     paths: dict[str, dict[str, Any]] = {}
     for operation in OPERATIONS:
-        if blueprints is not None and operation.blueprint not in (None, *blueprints):
-            continue
         model = default_model if operation.default_endpoint else ""
         _add(paths, operation.path, _operation(operation, model, operation.operation_id))
         if operation.per_endpoint:

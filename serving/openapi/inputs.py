@@ -7,12 +7,10 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 from serving.openapi.components import array, ref
 from serving.registry import version_order
 from serving.runtime import LoadedModel
-from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field
+from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field, integer_range
 
 # Examples in the document stay short; the full list is in x-training-categories.
 MAX_EXAMPLES = 10
@@ -32,8 +30,8 @@ def field_schema(
     elif f.kind == BOOLEAN:
         schema = {"type": "boolean"}
     elif f.kind == INTEGER:
-        info = np.iinfo(getattr(f.dtype, "numpy_dtype", f.dtype))
-        schema = {"type": "integer", "minimum": int(info.min), "maximum": int(info.max)}
+        low, high = integer_range(f.dtype)
+        schema = {"type": "integer", "minimum": low, "maximum": high}
         notes.append("integral numbers such as 3.0 are accepted")
     elif f.kind == NUMBER:
         schema = {"type": "number"}

@@ -74,9 +74,6 @@ class Operation:
     description: str = ""
     # Other answers that are not errors (such as /ready's 503).
     more: tuple[Reply, ...] = ()
-    # Described only when the app registers this blueprint (the dashboard is its own
-    # package); None: always served.
-    blueprint: str | None = None
 
 
 def json_reply(schema: dict[str, Any], status: int = 200, description: str = "OK") -> Reply:
@@ -265,7 +262,6 @@ OPERATIONS: tuple[Operation, ...] = (
             html_reply(401, "DASHBOARD_TOKEN is set and the request does not carry it."),
             html_reply(503, "The database is unreachable."),
         ),
-        blueprint="dashboard",
     ),
     Operation(
         "get",
@@ -279,7 +275,6 @@ OPERATIONS: tuple[Operation, ...] = (
             html_reply(status, f"The error page: {ERRORS[status][1]}")
             for status in (400, 401, 404, 409, 503)
         ),
-        blueprint="dashboard",
     ),
     Operation(
         "get",
@@ -289,7 +284,6 @@ OPERATIONS: tuple[Operation, ...] = (
         "dashboard",
         file_reply("The file."),
         (404,),
-        blueprint="dashboard",
     ),
     # Endpoints, versions and statuses.
     Operation(
