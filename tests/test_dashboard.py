@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 
 from serving.config import Settings
 from serving.dashboard import charts
@@ -126,12 +128,6 @@ def app(database_url: str, models_dir: Path):
     from serving.database import close_all
 
     close_all()
-
-
-@pytest.fixture
-def client(app):
-    """A Flask test client."""
-    return app.test_client()
 
 
 def page(client, path: str, status: int = 200, **kwargs) -> str:
@@ -318,6 +314,30 @@ def test_an_ab_test_shows_its_verdict_everywhere(client):
     assert "No A/B test is running." in page(client, "/")
     elements = parse(page(client, "/dashboard/tiny"))
     assert find(elements, "article", "test")[0].attrs["data-state"] == "stopped"
+
+
+def test_a_panel_that_cannot_be_built_says_why_and_the_page_still_renders(
+    client, database_url, models_dir, tmp_path
+):
+    started = client.post(
+        "/api/v1/tiny/ab-tests",
+        headers=ADMIN,
+        data=json.dumps({"version_a": "1", "version_b": "2", "split": 0.5}),
+    )
+    assert started.status_code == 201, started.get_json()
+    # Another process serves these models without version 2 (its folder was removed):
+    # the running test cannot be measured there, but the rest of the page can.
+    fewer = tmp_path / "fewer"
+    shutil.copytree(models_dir, fewer)
+    shutil.rmtree(fewer / "tiny" / "2")
+    other = dashboard_app(database_url, fewer).test_client()
+    refused = other.get("/api/v1/tiny/ab-tests")
+    assert refused.status_code == 409
+    overview = page(other, "/")
+    assert len(find(parse(overview), "p", "panel-error")) == 1
+    assert f'<p class="panel-error">{escape(refused.get_json()["error"])}</p>' in overview
+    # The endpoints panel above it is whole.
+    assert find(parse(overview), "a", href="/dashboard/tiny")
 
 
 def test_regression_pages_show_errors_not_calibration(client):

@@ -3,6 +3,7 @@ predictions stored through the real /predict."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from serving.drift import (
     psi,
 )
 from serving.errors import BadRequest
+from serving.tables import Prediction, utcnow
 from tests.conftest import REPO_ROOT, fit_tiny_model, make_app
 from training.profile import profile_column
 
@@ -280,6 +282,13 @@ def test_drift_of_stored_predictions(client):
     other = client.get("/api/v1/tiny/drift?version=2").json
     assert (other["version"], other["rows"]) == ("2", 1)
     assert other["features"][0]["bins"][0]["recent"] == 1.0
+
+    # A duration leaves out what is older: five rows made two hours ago.
+    old = Prediction.observation_id.in_([f"tiny-{i}" for i in range(5)])
+    Prediction.update(created_at=utcnow() - dt.timedelta(hours=2)).where(old).execute()
+    assert client.get("/api/v1/tiny/drift?window=1h").json["rows"] == 15
+    assert client.get("/api/v1/tiny/drift?window=3h").json["rows"] == 20
+    assert client.get("/api/v1/tiny/drift?window=1000").json["rows"] == 20
 
 
 def test_a_model_without_a_profile_lists_its_inputs_as_skipped(client):
