@@ -17,7 +17,7 @@ from serving.batching import MicroBatcher
 from serving.database import db, is_sqlite, run_with_retry, write_transaction
 from serving.errors import Conflict, ObservationNotFound, detail
 from serving.payloads import id_key
-from serving.tables import Prediction, utcnow
+from serving.tables import Prediction, iso, utcnow
 
 
 def canonical_json(value: Any) -> str:
@@ -444,8 +444,8 @@ def to_json(row: Prediction, observation_id: str | int | None = None) -> dict[st
         true_class=None if row.true_class is None else json.loads(row.true_class),
         endpoint=row.endpoint,
         model_version=row.model_version,
-        created_at=_iso(row.created_at),
-        updated_at=_iso(row.updated_at),
+        created_at=iso(row.created_at),
+        updated_at=iso(row.updated_at),
         probabilities=None if row.probabilities is None else json.loads(row.probabilities),
         ab_test=row.ab_test,
         arm=row.arm,
@@ -488,10 +488,3 @@ def answer(
         out["ab_test"] = ab_test
         out["arm"] = arm
     return out
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    # SQLite hands back text for timestamps written by another driver; both print alike.
-    return value.isoformat() + "Z" if hasattr(value, "isoformat") else f"{value}Z"

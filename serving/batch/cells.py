@@ -73,6 +73,9 @@ def _numbers(cells: Sequence[Any], parse: Any, one: Any) -> list[Any]:
     """The column read by `parse` in one pass when every cell is a plain number or missing;
     otherwise cell by cell with `one`, which knows the exceptions."""
     missing = MISSING_CELLS
+    # Python reads "1_000" as 1000; JSON and pandas do not, so neither does a CSV cell.
+    if any("_" in c for c in cells if type(c) is str):
+        return [one(cell) for cell in cells]
     try:
         out = [None if type(c) is not str or c in missing else parse(c) for c in cells]
     except ValueError:
@@ -89,6 +92,8 @@ def _present(value: Any) -> bool:
 def _float(cell: Any) -> Any:
     if is_missing(cell):
         return None
+    if "_" in cell:
+        return cell
     try:
         value = float(cell)
     except ValueError:
@@ -103,6 +108,8 @@ def _float(cell: Any) -> Any:
 def _integer(cell: Any) -> Any:
     if is_missing(cell):
         return None
+    if "_" in cell:
+        return cell
     try:
         return int(cell)
     except ValueError:

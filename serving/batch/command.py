@@ -106,5 +106,5 @@ def score_command(
 
 
 def _sentence(error: ServiceError) -> str:
-    details = "; ".join(f"{d['field']}: {d['problem']}" for d in error.details)
+    details = render.pairs(error.details)
     return f"{error.message} ({details})" if details else error.message

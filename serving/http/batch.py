@@ -66,8 +66,7 @@ def _body(limit: int) -> tuple[bytes, bool]:
         "(MAX_BATCH_BODY_BYTES); split the batch, or score the file with `flask score`.",
         [detail("body", f"at most {limit} bytes")],
     )
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    # Werkzeug refuses a larger body (by its Content-Length, or as it streams) with 413.
     request.max_content_length = limit
     try:
         if request.mimetype == "multipart/form-data":
