@@ -151,7 +151,9 @@ def test_column_scoring_equals_predict_proba_on_the_same_frame(titanic):
     expected = titanic.pipeline.predict_proba(frame.astype(titanic.dtypes))[:, 1]
     np.testing.assert_allclose(scores.proba, expected, rtol=0, atol=1e-12)
     assert scores.labels == [int(p > 0.5) for p in expected]
-    assert [s.proba for s in scores.rows()] == scores.proba.tolist()
+    # The single-prediction path (compiled when exact) scores the same rows the same way.
+    singles = titanic.predict([titanic.schema.validate(o)[0] for o in observations])
+    assert [s.proba for s in scores.rows()] == pytest.approx([s.proba for s in singles], abs=1e-12)
 
 
 def test_column_scoring_of_multiclass_and_regression(tmp_path):
@@ -218,6 +220,10 @@ def test_save_in_bulk_stores_each_id_once_and_replays_a_repeated_file(app):
         assert Prediction.select().count() == 4500
         ids_in_db = [p.observation_id for p in Prediction.select(Prediction.observation_id)]
         assert sorted(ids_in_db) == sorted(str(i) for i in range(4500))
+        # Every id stored already: all replays, nothing new.
+        again = save(_batch(ids, observation))
+        assert [o.id for o in again] == first
+        assert Prediction.select().count() == 4500
 
 
 def test_store_keeps_its_contract_on_top_of_save(app):

@@ -115,6 +115,25 @@ def test_an_existing_output_is_kept_unless_restarted(app, runner, tmp_path):
     assert output.read_text() == before
 
 
+def test_a_resume_is_refused_when_its_checkpoint_or_output_does_not_fit(app, runner, tmp_path):
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 30)
+    checkpoint = Checkpoint.path_for(output)
+
+    def score(*extra: str):
+        return runner.invoke(args=["score", str(source), str(output), "--quiet", *extra])
+
+    output.write_text("id,status\n")
+    checkpoint.write_text("{not json")
+    damaged = score()
+    assert damaged.exit_code != 0 and "is damaged" in damaged.output
+    # Nothing was scored or stored on a refused resume.
+    with app.app_context():
+        assert Prediction.select().count() == 0
+    assert score("--restart").exit_code == 0
+    assert not checkpoint.exists()
+
+
 @pytest.mark.parametrize(
     ("header", "words"),
     [

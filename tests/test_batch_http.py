@@ -204,6 +204,23 @@ def test_csv_in_and_out_and_json_in_csv_out(client):
     )
 
 
+def test_csv_numbers_are_read_as_json_reads_them_and_a_bom_is_no_header(client):
+    body = (
+        "\ufeffid,Age,Cabin,Embarked,Fare,Parch,Pclass,Sex,SibSp\n"
+        # Python's float() and int() read "2_2" as 22; a CSV cell, like JSON, does not.
+        "u1,2_2,,S,7.25,0,1_0,male,1\n"
+        "2,22,,S,7.25,0,3,male,1\n"
+        "3,38,C85,C,71.28,0,1,female,1\n"
+    )
+    answer = client.post(URL, data=body.encode("utf-8"), headers=CSV).get_json()
+    assert [r["observation_id"] for r in answer["results"]] == ["u1", "2", "3"]
+    refused = answer["results"][0]
+    assert refused["status"] == 422
+    fields = {d["field"] for d in refused["details"]}
+    assert fields == {"observation.Age", "observation.Pclass"}
+    assert [r["status"] for r in answer["results"][1:]] == [200, 200]
+
+
 def test_a_multipart_upload_is_read_as_csv_or_json(client):
     upload = {"file": (io.BytesIO(titanic_csv(3).encode()), "passengers.csv")}
     answer = client.post(URL, data=upload, content_type="multipart/form-data")
@@ -244,6 +261,8 @@ def test_multiclass_csv_answers_every_class(client):
         ("id,Age\n1,2\n", CSV, 422, "'Cabin'"),
         ("id,Age,Age\n1,2,3\n", CSV, 422, "name of its own"),
         (b"id,Sex\n1,\xff\n", CSV, 400, "UTF-8"),
+        ('id,Age\n1,"abc\n', CSV, 400, "CSV"),
+        ("id,,Age\n1,2,3\n", CSV, 422, "no name"),
     ],
 )
 def test_malformed_batches_are_clear_4xx(client, body, headers, status, words):

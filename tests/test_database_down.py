@@ -104,6 +104,12 @@ def test_outage_answers_503_stores_nothing_and_recovers(cluster, tmp_path):
             f"{server.url}/update", timeout=30, data=json.dumps({"id": "before", "true_class": 1})
         )
         assert update.status_code == 503
+        batch = requests.post(
+            f"{server.url}/predict/batch",
+            timeout=30,
+            data=json.dumps([{"id": "batch-during", "observation": PASSENGER}]),
+        )
+        assert batch.status_code == 503 and "Traceback" not in batch.text
         # Read routes say so too: JSON for the API, an HTML page for the dashboard.
         drift = requests.get(f"{server.url}/api/v1/default/drift", timeout=30)
         assert drift.status_code == 503 and "database" in drift.json()["error"].lower()
