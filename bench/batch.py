@@ -51,8 +51,8 @@ def measure(folder: Path, workload: Workload, rows: int, repeats: int) -> BatchR
     model = LoadedModel.load(folder, "bench")
     validated = [model.schema.validate(workload.observations[i])[0] for i in picks]
 
-    vectorised, vectorised_seconds = _timed(lambda: pipeline.predict_proba(frame), repeats)
-    scores, ours_seconds = _timed(lambda: model.predict(validated), repeats)
+    vectorised, vectorised_seconds = median_time(lambda: pipeline.predict_proba(frame), repeats)
+    scores, ours_seconds = median_time(lambda: model.predict(validated), repeats)
     ours = np.array([score.proba for score in scores], dtype=np.float64)
     return BatchResult(
         rows=rows,
@@ -62,8 +62,9 @@ def measure(folder: Path, workload: Workload, rows: int, repeats: int) -> BatchR
     )
 
 
-def _timed(call: Callable[[], object], repeats: int) -> tuple[object, float]:
-    # One untimed call first: caches, lazy imports and any compilation happen there.
+def median_time(call: Callable[[], object], repeats: int) -> tuple[object, float]:
+    """The call's result and the median of `repeats` timed calls, after one untimed call
+    (caches, lazy imports and any compilation happen there)."""
     result = call()
     seconds = []
     for _ in range(max(1, repeats)):

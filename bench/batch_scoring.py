@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import requests
 
+from bench.batch import median_time
 from bench.databases import DATABASES, DEFAULT_POSTGRES_URL, POSTGRES, fresh, postgres_problem
+from bench.models import load_pipeline
 from bench.servers import OURS, running
+from bench.workload import POSITIVE_CLASS, TOLERANCE
 from serving import create_app
 from serving.database import close_all, db
 from training import titanic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOLERANCE = 1e-6
 HTTP_CHUNK = 10_000
 
 
@@ -56,19 +56,8 @@ def _rows(n: int) -> pd.DataFrame:
 
 
 def _expected(pipeline, frame: pd.DataFrame) -> np.ndarray:
-    positive = list(pipeline.classes_).index(1)
+    positive = list(pipeline.classes_).index(POSITIVE_CLASS)
     return pipeline.predict_proba(frame)[:, positive]
-
-
-def _model_alone(pipeline, frame: pd.DataFrame, repeats: int) -> float:
-    """Median seconds of predict_proba on the whole frame."""
-    pipeline.predict_proba(frame.head(100))
-    durations = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        pipeline.predict_proba(frame)
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations)
 
 
 def _check_output(path: Path, expected: np.ndarray) -> float:
@@ -214,11 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown := [k for k in kinds if k not in DATABASES]:
         parser.error(f"unknown databases {unknown}; choose from {list(DATABASES)}")
 
-    pipeline = joblib.load(REPO_ROOT / "pipeline.pickle")
+    pipeline = load_pipeline(REPO_ROOT)
     rows = _rows(args.rows)
     features = rows.drop(columns=["id"])
     expected = _expected(pipeline, features)
-    alone = _model_alone(pipeline, features, args.repeats)
+    _, alone = median_time(lambda: pipeline.predict_proba(features), args.repeats)
     n = args.rows
     print(f"model alone: predict_proba on {n:,} rows in a DataFrame {n / alone:,.0f} rows/s")
     failed = False

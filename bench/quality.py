@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
 
+from bench.batch import median_time
 from bench.databases import DATABASES, DEFAULT_POSTGRES_URL, POSTGRES, fresh, postgres_problem
 from serving import migrations
 from serving.config import Settings
@@ -82,15 +82,6 @@ def _baseline(model: LoadedModel) -> dict[str, float]:
     }
 
 
-def _timed(work: Callable[[], object], repeats: int) -> tuple[float, object]:
-    durations, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = work()
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations), result
-
-
 def run(kind: str, rows: int, repeats: int, postgres_url: str, workdir: Path) -> dict[str, float]:
     """Fill one fresh database and time both paths; returns the figures."""
     model = LoadedModel.load(REPO_ROOT, ENDPOINT, compile=False)
@@ -102,8 +93,10 @@ def run(kind: str, rows: int, repeats: int, postgres_url: str, workdir: Path) ->
                 start = time.perf_counter()
                 _fill(rows)
             fill_seconds = time.perf_counter() - start
-            ours_seconds, report = _timed(lambda: performance_report(ENDPOINT, [model]), repeats)
-            baseline_seconds, expected = _timed(lambda: _baseline(model), repeats)
+            report, ours_seconds = median_time(
+                lambda: performance_report(ENDPOINT, [model]), repeats
+            )
+            expected, baseline_seconds = median_time(lambda: _baseline(model), repeats)
         finally:
             close_all()
     got = report["versions"][0]["metrics"]  # type: ignore[index]
