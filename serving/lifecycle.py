@@ -14,7 +14,7 @@ from typing import Any
 
 from serving.database import db, is_sqlite, run_with_retry, write_transaction
 from serving.errors import Conflict, InvalidInput, NotFound, detail
-from serving.tables import VersionStatus
+from serving.tables import VersionStatus, iso
 
 TESTING, STAGING, PRODUCTION, ARCHIVED = "testing", "staging", "production", "archived"
 STATUSES = (TESTING, STAGING, PRODUCTION, ARCHIVED)
@@ -183,7 +183,5 @@ def history_json(row: VersionStatus) -> dict[str, Any]:
         "to": row.status,
         "by": row.changed_by,
         "reason": row.reason,
-        "at": row.changed_at.isoformat() + "Z"
-        if hasattr(row.changed_at, "isoformat")
-        else f"{row.changed_at}Z",
+        "at": iso(row.changed_at),
     }

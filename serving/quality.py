@@ -46,8 +46,8 @@ class Rows:
 
     sql: str
     params: tuple[Any, ...]
-    count_sql: str  # the same rows, labelled or not: how many predictions there were
-    count_params: tuple[Any, ...]
+    # The same rows, labelled or not (how many predictions there were), with the same params.
+    count_sql: str
 
 
 def logged(
@@ -77,7 +77,6 @@ def logged(
         f"FROM prediction WHERE {condition} AND true_class IS NOT NULL",
         tuple(params),
         f"SELECT COUNT(*) FROM prediction WHERE {condition}",
-        tuple(params),
     )
 
 
@@ -94,7 +93,6 @@ def shadowed(endpoint: str, version: str, answering: bool) -> Rows:
         f"{side}.value, {side}.probabilities {joined} AND p.true_class IS NOT NULL",
         (endpoint, version),
         f"SELECT COUNT(*) {joined}",
-        (endpoint, version),
     )
 
 
@@ -141,7 +139,7 @@ def measure(model: LoadedModel, rows: Rows) -> Measurement:
     """Quality of `rows` as predictions of `model`'s kind (its task and classes)."""
 
     def work() -> Measurement:
-        predictions = _scalar(rows.count_sql, rows.count_params)
+        predictions = _scalar(rows.count_sql, rows.params)
         if model.task == "regression":
             return _regression(rows, predictions)
         if model.positive_class is not None:

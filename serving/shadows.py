@@ -17,7 +17,7 @@ from typing import Any
 from serving import statistics
 from serving.batching import MicroBatcher
 from serving.database import db, is_sqlite, run_with_retry, write_transaction
-from serving.errors import NotFound, ServiceError, detail
+from serving.errors import ServiceError
 from serving.predictions import canonical_json
 from serving.quality import Measurement, measure, shadowed
 from serving.registry import Registry
@@ -61,7 +61,7 @@ class Shadows:
         self, endpoint: str, version: str, enabled: bool, by: str, reason: str | None
     ) -> dict[str, Any]:
         """Turn a version's shadowing on or off, recording who and why."""
-        self._model(endpoint, version)
+        self._registry.version(endpoint, version)
 
         def work() -> ShadowVersion:
             with write_transaction():
@@ -109,7 +109,9 @@ class Shadows:
                 if model is None or not rows:
                     continue
                 try:
-                    clean, _ = model.schema.validate(observation)
+                    clean, _ = model.schema.validate(
+                        observation, reject_surprises=model.rejects_surprises
+                    )
                 except ServiceError as refused:
                     logger.info(
                         "shadow %s/%s skipped an observation: %s", endpoint, version, refused
@@ -125,7 +127,12 @@ class Shadows:
     ) -> None:
         """Store every shadow's scores of many stored predictions at once (a batch):
         `scores(model)` gives a shadow's `shadow_score` rows. Never raises."""
-        for version in self.versions(endpoint):
+        try:
+            versions = self.versions(endpoint)
+        except Exception:
+            logger.exception("shadow versions unreadable for %s; the answers stand", endpoint)
+            return
+        for version in versions:
             try:
                 model = self._registry.find(endpoint, version)
                 rows = scores(model) if model is not None else []
@@ -139,7 +146,7 @@ class Shadows:
     def compare(self, endpoint: str, version: str) -> dict[str, Any]:
         """The shadow against the versions that answered the same requests, on the rows whose
         ground truth has arrived: both sides' metrics, their deltas, and a paired test."""
-        model = self._model(endpoint, version)
+        model = self._registry.version(endpoint, version)
         shadow = measure(model, shadowed(endpoint, version, answering=False))
         answering = measure(model, shadowed(endpoint, version, answering=True))
         paired = run_with_retry(lambda: _paired_test(model, endpoint, version))
@@ -167,15 +174,6 @@ class Shadows:
                 "alpha": statistics.ALPHA,
             },
         }
-
-    def _model(self, endpoint: str, version: str) -> LoadedModel:
-        versions = self._registry.endpoint(endpoint)
-        if version not in versions:
-            raise NotFound(
-                f"Endpoint {endpoint!r} has no version {version!r}.",
-                [detail("version", f"unknown; known: {sorted(versions)}")],
-            )
-        return versions[version]
 
 
 def _side(m: Measurement) -> dict[str, Any]:

@@ -45,8 +45,7 @@ def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
     )
     results = core.prepare(endpoint, batch, groups).store()
     core.count(results, versions)
-    if shadows().versions(endpoint):
-        shadows().score_many(endpoint, lambda model: core.shadow_scores(model, batch, results))
+    shadows().score_many(endpoint, lambda model: core.shadow_scores(model, batch, results))
     annotate(model_version=",".join(sorted({g.route.model.version for g in groups})) or None)
     counts = results.counts()
     if _wants_csv():

@@ -77,8 +77,7 @@ def predict(endpoint: str) -> tuple[dict[str, Any], int]:
     if isinstance(outcome, Conflict):
         raise outcome
     annotate(model_version=outcome.model_version)
-    if shadows().versions(endpoint):
-        shadows().score(scorer(), endpoint, request_body.observation, [outcome])
+    shadows().score(scorer(), endpoint, request_body.observation, [outcome])
     answer = predictions.to_json(outcome, request_body.observation_id)
     answer["warnings"] = warnings
     label = None if model.task == "regression" else answer["prediction"]
