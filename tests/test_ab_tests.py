@@ -159,6 +159,19 @@ def test_equal_arms_stop_without_promotion_unless_forced(client):
     assert history[-2]["reason"] == "cheaper to run"
 
 
+def test_a_stop_by_the_longest_name_allowed_still_fits_the_history(client):
+    test = start(client).get_json()
+    stopped = client.post(
+        f"/api/v1/tiny/ab-tests/{test['id']}/stop",
+        headers=ADMIN,
+        data=json.dumps({"winner": "B", "by": "b" * 200}),
+    )
+    assert stopped.status_code == 200, stopped.get_json()
+    history = client.get("/api/v1/tiny/history").get_json()["history"]
+    promoted = [h for h in history if f"A/B test {test['id']}" in h["by"]]
+    assert promoted and all(len(h["by"]) <= 200 for h in promoted)
+
+
 def test_an_empty_arm_says_no_labelled_data(client):
     test = start(client).get_json()
     shown = client.get(f"/api/v1/tiny/ab-tests/{test['id']}").get_json()

@@ -7,6 +7,7 @@ import threading
 
 from serving import create_app
 from serving.database import db
+from serving.tables import Prediction
 from tests.conftest import REPO_ROOT
 from tests.samples import PASSENGER
 
@@ -43,6 +44,8 @@ def test_a_request_that_finds_every_connection_busy_gets_503_and_stores_nothing(
     finally:
         release.set()
         holder.join(30)
+    with app.app_context():
+        assert Prediction.select().where(Prediction.observation_id == "busy").count() == 0
     retried = app.test_client().post(
         "/predict", data=json.dumps({"id": "busy", "observation": PASSENGER})
     )

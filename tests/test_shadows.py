@@ -22,6 +22,14 @@ def app(database_url: str, tmp_path: Path):
     fit_tiny_model(root / "tiny" / "2", shift=1.5, version="2", initial_status="testing")
     fit_tiny_regression(root / "line" / "1", version="1", initial_status="production")
     fit_tiny_regression(root / "line" / "2", version="2", initial_status="testing")
+    fit_tiny_model(root / "strict" / "1", shift=0.5, version="1", initial_status="production")
+    fit_tiny_model(
+        root / "strict" / "2",
+        version="2",
+        initial_status="testing",
+        out_of_range="reject",
+        profile={"x": {"kind": "numeric", "min": -5.0, "max": 5.0}},
+    )
     return make_app(database_url, root, admin_token=TOKEN)
 
 
@@ -145,3 +153,27 @@ def test_a_shadow_scores_the_rows_of_a_batch(app, client):
         [expected] = shadow_model.predict([json.loads(row.observation)])
         assert scores[row.id].proba == pytest.approx(expected.proba, abs=1e-12)
         assert json.loads(scores[row.id].prediction) == expected.label
+
+
+def test_a_shadow_skips_what_it_would_refuse_and_the_answer_stands(client):
+    assert client.put("/api/v1/strict/shadows/2", headers=ADMIN).status_code == 200
+    usual = {"x": 0.1, "k": 1, "color": "red"}
+    odd = {**usual, "x": 1000.0}  # far outside training: version 2 rejects it
+    assert (
+        client.post(
+            "/api/v1/strict/predict?version=2", data=json.dumps({"id": "d", "observation": odd})
+        ).status_code
+        == 422
+    )
+    for key, observation in (("a", usual), ("b", odd)):
+        answer = client.post(
+            "/api/v1/strict/predict", data=json.dumps({"id": key, "observation": observation})
+        )
+        assert answer.status_code == 200 and answer.get_json()["model_version"] == "1"
+    batch = [{"id": "c", "observation": usual}, {"id": "e", "observation": odd}]
+    assert client.post("/api/v1/strict/predict/batch", data=json.dumps(batch)).status_code == 200
+    scored = {
+        Prediction.get_by_id(s.prediction_id).observation_id
+        for s in ShadowScore.select().where(ShadowScore.endpoint == "strict")
+    }
+    assert scored == {"a", "c"}
