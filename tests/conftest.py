@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import joblib
 import numpy as np
@@ -22,7 +23,10 @@ from sklearn.preprocessing import OneHotEncoder
 from serving import create_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The PostgreSQL *server* of this run (its database is only where we connect to create ours).
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
+THROWAWAY_PREFIX = "sklearn_serving_test_"
+_throwaway: list[str] = []  # this process's own database, once made
 
 
 def using_postgres() -> bool:
@@ -30,27 +34,78 @@ def using_postgres() -> bool:
     return urlsplit(TEST_DATABASE_URL).scheme in {"postgres", "postgresql"}
 
 
-def reset_postgres(url: str) -> None:
-    """Empty the test database: every test starts from no tables at all."""
+def _server(url: str) -> peewee.PostgresqlDatabase:
     parts = urlsplit(url)
-    database = peewee.PostgresqlDatabase(
-        parts.path.lstrip("/"),
+    return peewee.PostgresqlDatabase(
+        parts.path.lstrip("/") or "postgres",
         host=parts.hostname,
         port=parts.port or 5432,
         user=parts.username,
         password=parts.password,
     )
-    with database:
+
+
+def _outside_transactions(url: str, statement: str) -> None:
+    # CREATE and DROP DATABASE refuse to run inside a transaction block, so this speaks to
+    # the server through psycopg2 in autocommit mode rather than through peewee.
+    import psycopg2
+
+    parts = urlsplit(url)
+    connection = psycopg2.connect(
+        dbname=parts.path.lstrip("/") or "postgres",
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username,
+        password=parts.password,
+    )
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def postgres_url() -> str:
+    """This run's own throwaway database, created on first use on the server that
+    TEST_DATABASE_URL names and dropped when the session ends. The suite never writes to the
+    database the URL names: two checkouts testing on one server never touch each other."""
+    if not _throwaway:
+        name = f"{THROWAWAY_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        _outside_transactions(TEST_DATABASE_URL, f'CREATE DATABASE "{name}"')
+        _throwaway.append(urlunsplit(urlsplit(TEST_DATABASE_URL)._replace(path=f"/{name}")))
+    return _throwaway[0]
+
+
+def drop_throwaway_database() -> None:
+    """Drop this run's database, if it made one (connections still open are ended)."""
+    if not _throwaway:
+        return
+    name = urlsplit(_throwaway.pop()).path.lstrip("/")
+    _outside_transactions(TEST_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    drop_throwaway_database()
+
+
+def reset_postgres(url: str) -> None:
+    """Empty this run's throwaway database: every test starts from no tables at all."""
+    if not urlsplit(url).path.lstrip("/").startswith(THROWAWAY_PREFIX):
+        raise RuntimeError(f"refusing to empty {url}: the suite only empties its own databases")
+    with _server(url) as database:
         database.execute_sql("DROP SCHEMA public CASCADE")
         database.execute_sql("CREATE SCHEMA public")
 
 
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
-    """A fresh, empty database: PostgreSQL when TEST_DATABASE_URL names one, else SQLite."""
+    """A fresh, empty database: this run's own PostgreSQL database when TEST_DATABASE_URL
+    names a server, else a SQLite file."""
     if using_postgres():
-        reset_postgres(TEST_DATABASE_URL)
-        return TEST_DATABASE_URL
+        url = postgres_url()
+        reset_postgres(url)
+        return url
     return f"sqlite:///{tmp_path / 'predictions.db'}"
 
 

@@ -27,7 +27,7 @@ import requests
 
 from serving.config import Settings
 from serving.database import open_database
-from tests.conftest import TEST_DATABASE_URL, reset_postgres, using_postgres
+from tests.conftest import postgres_url, reset_postgres, using_postgres
 from tests.live import REPO_ROOT, gunicorn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -164,8 +164,8 @@ def seeded(browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded
     first, so a missing one skips before a server starts."""
     tmp = tmp_path_factory.mktemp("dashboard")
     if using_postgres():
-        reset_postgres(TEST_DATABASE_URL)
-        database_url = TEST_DATABASE_URL
+        database_url = postgres_url()
+        reset_postgres(database_url)
     else:
         database_url = f"sqlite:///{tmp / 'predictions.db'}"
     env = {
