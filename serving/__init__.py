@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Collection, Mapping
 
+import click
 from flask import Flask
 
 from serving import cli, database, logs, migrations
@@ -20,7 +22,8 @@ from serving.shadows import Shadows
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
     """Build the app: settings from the environment (overridden by `config`), migrated
-    database, loaded models. A broken model folder stops here with a sentence naming it."""
+    database, loaded models. A broken model folder stops here with a sentence naming it.
+    Under the `flask` command line, models load when a command asks (`load_models`)."""
     settings = Settings.from_env()
     if config:
         settings = settings.updated(config)
@@ -34,25 +37,56 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     database.init_app(app, settings)
-    if settings.migrate_on_start:
-        migrations.migrate()
-    registry = Registry.load(settings)
-    app.extensions["registry"] = registry
-    lifecycle = Lifecycle(settings.status_refresh_seconds)
-    if settings.migrate_on_start:
-        lifecycle.seed((e, v, s) for (e, v), s in registry.declared.items())
-    app.extensions["lifecycle"] = lifecycle
     wait = settings.batch_max_wait_ms / 1000
     app.extensions["scorer"] = Scorer(settings.batch_max_rows, wait)
     app.extensions["writer"] = Writer(settings.batch_max_rows, wait)
-    refresh = settings.status_refresh_seconds
-    app.extensions["experiments"] = Experiments(registry, lifecycle, refresh)
-    app.extensions["shadows"] = Shadows(registry, refresh, settings.batch_max_rows, wait)
-    # Nothing opened here may be inherited by forked workers (gunicorn --preload).
-    database.close_all()
+    if _under_flask_command_line():
+        # A `flask` command loads what it asks for (`load_models`): `flask routes` and
+        # `--help` touch no database and unpickle nothing, `flask score` loads one endpoint;
+        # `flask run` loads everything before its first request.
+        @app.before_request
+        def _load_before_serving() -> None:
+            load_models(app)
+    else:
+        load_models(app)
 
     logs.init_app(app)
     register_error_handlers(app)
     register_blueprints(app)
     cli.init_app(app)
     return app
+
+
+_loading = threading.Lock()
+
+
+def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registry:
+    """Migrate the database (unless MIGRATE_ON_START is off) and load the models, once per app:
+    every endpoint, or only `endpoints` for a command that needs no others. A broken model
+    folder stops here with a sentence naming it."""
+    with _loading:
+        if "registry" in app.extensions:
+            return app.extensions["registry"]
+        settings: Settings = app.config["SETTINGS"]
+        if settings.migrate_on_start:
+            migrations.migrate()
+        registry = Registry.load(settings, endpoints)
+        lifecycle = Lifecycle(settings.status_refresh_seconds)
+        if settings.migrate_on_start:
+            lifecycle.seed((e, v, s) for (e, v), s in registry.declared.items())
+        wait = settings.batch_max_wait_ms / 1000
+        refresh = settings.status_refresh_seconds
+        app.extensions["lifecycle"] = lifecycle
+        app.extensions["experiments"] = Experiments(registry, lifecycle, refresh)
+        app.extensions["shadows"] = Shadows(registry, refresh, settings.batch_max_rows, wait)
+        # Published last: a concurrent first request never sees half of it.
+        app.extensions["registry"] = registry
+        # Nothing opened here may be inherited by forked workers (gunicorn --preload).
+        database.close_all()
+        return registry
+
+
+def _under_flask_command_line() -> bool:
+    # The `flask` command imports the app inside its click context; gunicorn, `python app.py`
+    # and tests build it outside one.
+    return click.get_current_context(silent=True) is not None

@@ -7,10 +7,12 @@ import getpass
 import click
 from flask import Flask, current_app
 
+import serving
 from serving import database, migrations
 from serving.batch.command import score_command
 from serving.errors import ServiceError
 from serving.lifecycle import STATUSES
+from serving.runtime import ModelLoadError
 
 
 def init_app(app: Flask) -> None:
@@ -21,7 +23,8 @@ def init_app(app: Flask) -> None:
     def migrate_command() -> None:
         """Bring the database schema up to date."""
         applied = migrations.migrate()
-        registry = current_app.extensions["registry"]
+        # Every version's declared status is recorded, so every model is read.
+        registry = serving.load_models(current_app)
         current_app.extensions["lifecycle"].seed(
             (e, v, s) for (e, v), s in registry.declared.items()
         )
@@ -42,11 +45,16 @@ def init_app(app: Flask) -> None:
     ) -> None:
         """Move a model version to testing, staging, production or archived."""
         try:
+            # This endpoint's versions only: they are registered with their declared status
+            # if the service never started on this database.
+            serving.load_models(current_app, [endpoint])
             changes = current_app.extensions["lifecycle"].change(
                 endpoint, version, status, by, reason
             )
         except ServiceError as exc:
             raise click.ClickException(exc.message) from exc
+        except ModelLoadError as exc:
+            raise click.ClickException(str(exc)) from exc
         finally:
             database.close_all()
         if not changes:

@@ -23,7 +23,7 @@ import shutil
 import sys
 import threading
 from collections import Counter as Tally
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +108,14 @@ def init_app(app: Flask) -> RequestCounter:
     directory = app.config["SETTINGS"].metrics_dir
     if directory is not None:
         _use_directory(Path(directory))
-    return RequestCounter(_built(), frozenset(app.extensions["registry"].models))
+    extensions = app.extensions
+
+    def served() -> Container[str]:
+        # Read per request: under the `flask` command line the models load after this.
+        registry = extensions.get("registry")
+        return registry.models if registry is not None else ()
+
+    return RequestCounter(_built(), served)
 
 
 def _use_directory(directory: Path) -> None:
@@ -126,7 +133,7 @@ def _use_directory(directory: Path) -> None:
 class RequestCounter:
     """Counts each answered request and observes its latency, by bounded labels."""
 
-    def __init__(self, instruments: _Instruments, endpoints: frozenset[str]):
+    def __init__(self, instruments: _Instruments, endpoints: Callable[[], Container[str]]):
         self._instruments = instruments
         self._endpoints = endpoints
         # Labelled children by label values: one dict lookup per request instead of
@@ -140,7 +147,7 @@ class RequestCounter:
         rule = request.url_rule
         method = request.method
         endpoint = fields.get("endpoint")
-        if endpoint not in self._endpoints:
+        if endpoint not in self._endpoints():
             # A name a client made up: as a label it would grow without bound.
             endpoint = version = ""
         else:

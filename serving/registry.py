@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,23 @@ class Registry:
     declared: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, settings: Settings) -> Registry:
-        """Load the root model as the default endpoint, then every models/<endpoint>/<version>/.
+    def load(cls, settings: Settings, endpoints: Collection[str] | None = None) -> Registry:
+        """Load the root model as the default endpoint, then every models/<endpoint>/<version>/
+        (only the endpoints in `endpoints`, when given: a command that needs no others).
 
         Only folders the operator put there are read; nothing a request names is ever loaded.
         """
         registry = cls(settings.default_endpoint)
-        registry._load_one(settings, settings.root_model_dir, settings.default_endpoint, None)
+
+        def wanted(endpoint: str) -> bool:
+            return endpoints is None or endpoint in endpoints
+
+        if wanted(settings.default_endpoint):
+            registry._load_one(settings, settings.root_model_dir, settings.default_endpoint, None)
         if settings.models_dir.is_dir():
-            for endpoint_dir in sorted(p for p in settings.models_dir.iterdir() if p.is_dir()):
+            for endpoint_dir in sorted(
+                p for p in settings.models_dir.iterdir() if p.is_dir() and wanted(p.name)
+            ):
                 for version_dir in sorted(p for p in endpoint_dir.iterdir() if p.is_dir()):
                     registry._load_one(settings, version_dir, endpoint_dir.name, version_dir.name)
         return registry

@@ -9,11 +9,13 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+import serving
 from serving import database
 from serving.batch import core, render
 from serving.batch.files import Refused, score_file
 from serving.batch.rows import ID_COLUMN, Rows
 from serving.errors import ServiceError
+from serving.runtime import ModelLoadError
 
 
 @click.command("score")
@@ -53,8 +55,12 @@ def score_command(
     Each chunk of rows is stored in one transaction before its answers are written, so an
     interrupted run resumes where it stopped when run again with the same arguments.
     """
-    extensions = current_app.extensions
     name = endpoint or current_app.config["SETTINGS"].default_endpoint
+    try:
+        serving.load_models(current_app, [name])
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    extensions = current_app.extensions
 
     def choose(rows: Rows) -> list[core.Group]:
         return core.route(
