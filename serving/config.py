@@ -73,6 +73,9 @@ class Settings:
     batch_max_rows: int = 64
     compile_models: bool = True
     skip_broken_models: bool = False
+    # The operator's sha256 pins of every model file, kept outside the model folders: a JSON
+    # file's path, or the JSON itself (see serving/digests.py). Unset: model.json's pins only.
+    model_digests: str | None = None
     status_refresh_seconds: float = 2.0
     batch_max_wait_ms: float = 0.0
     # prometheus_client's multiprocess directory: gunicorn's workers count into files there.
@@ -107,6 +110,7 @@ class Settings:
             batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows),
             compile_models=_bool(env, "COMPILE_MODELS", defaults.compile_models),
             skip_broken_models=_bool(env, "SKIP_BROKEN_MODELS", defaults.skip_broken_models),
+            model_digests=env.get("MODEL_DIGESTS", "").strip() or None,
             status_refresh_seconds=_float(
                 env, "STATUS_REFRESH_SECONDS", defaults.status_refresh_seconds
             ),

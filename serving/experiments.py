@@ -330,7 +330,8 @@ def verdict(a: Measurement, b: Measurement) -> dict[str, Any]:
 
 def _variance(m: Measurement) -> float | None:
     n = m.labelled
-    if n < 2:
+    # Rows beyond the measurable range are in no sum: the sums do not describe the arm.
+    if n < 2 or m.unmeasurable:
         return None
     average = m.abs_error_sum / n
     return max(0.0, (m.abs_error_squares - n * average * average) / (n - 1))

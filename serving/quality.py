@@ -24,6 +24,7 @@ from sklearn import metrics as skm
 
 from serving import statistics
 from serving.database import db, is_sqlite, run_with_retry
+from serving.errors import InvalidInput, detail
 from serving.predictions import canonical_json
 from serving.runtime import LoadedModel
 from serving.statistics import Estimate
@@ -38,6 +39,15 @@ CALIBRATION_BINS = 10
 # share of positive-negative pairs that share a bucket, about 1e-4 for spread-out scores.
 EXACT_ROWS = 200_000
 AUC_BUCKETS = 10_000
+# Regression sums stay far from float64's 1.8e308 whatever finite values are stored: a row
+# whose truth or value exceeds MEASURABLE in magnitude is counted, not summed (its square,
+# 4e200 at most, cannot overflow a sum of any realistic row count), and an error above
+# FOURTH_POWER_LIMIT drops only the RMSE interval, which needs fourth powers. /update refuses
+# such truths, so only rows stored before that check, or absurd predictions, reach these.
+MEASURABLE = 1e100
+FOURTH_POWER_LIMIT = 1e50
+# A model.json `target_range` ({"min", "max"}) accepts truths this many widths beyond it.
+TARGET_RANGE_SLACK = 100.0
 
 
 @dataclass(frozen=True)
@@ -111,11 +121,19 @@ class Measurement:
     # Regression: per-row absolute error sums, for Welch's test between arms.
     abs_error_sum: float = 0.0
     abs_error_squares: float = 0.0
+    # Regression: labelled rows beyond MEASURABLE, left out of every sum; while there are
+    # any, the error metrics are null and the arms cannot be compared.
+    unmeasurable: int = 0
 
     @property
     def metrics(self) -> dict[str, float | None]:
         """Each metric's value (None where undefined, e.g. ROC AUC with one class present)."""
         return {name: estimate.value for name, estimate in self.estimates.items()}
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Why a metric is null, for those that could not be measured."""
+        return {name: e.reason for name, e in self.estimates.items() if e.reason is not None}
 
     def to_json(self) -> dict[str, Any]:
         """As `GET /api/v1/<endpoint>/performance` shows one version."""
@@ -132,6 +150,8 @@ class Measurement:
             answer["confusion_matrix"] = self.confusion_matrix
         if self.calibration is not None:
             answer["calibration"] = self.calibration
+        if self.reasons:
+            answer["reasons"] = self.reasons
         return answer
 
 
@@ -146,7 +166,36 @@ def measure(model: LoadedModel, rows: Rows) -> Measurement:
             return _binary(model, rows, predictions)
         return _multiclass(model, rows, predictions)
 
-    return run_with_retry(work)
+    result = run_with_retry(work)
+    # The last guard before JSON, which has no Infinity or NaN: whatever slipped past the
+    # sums' range checks becomes null with a reason, never a 500 or an invalid answer.
+    result.estimates = {name: e.finite() for name, e in result.estimates.items()}
+    return result
+
+
+def truth_problem(model: LoadedModel, truth: Any) -> InvalidInput | None:
+    """Why a regression's ground truth is refused, or None: beyond TARGET_RANGE_SLACK widths
+    of model.json's `target_range` when it has one, and beyond MEASURABLE in any case, so
+    that one absurd value cannot poison every report that includes its row."""
+    if model.task != "regression" or not isinstance(truth, int | float):
+        return None
+    low, high, why = -MEASURABLE, MEASURABLE, f"at most {MEASURABLE:g} in magnitude"
+    declared = model.metadata.get("target_range")
+    if isinstance(declared, dict) and {"min", "max"} <= declared.keys():
+        lowest, highest = float(declared["min"]), float(declared["max"])
+        width = max(highest - lowest, abs(lowest), abs(highest), 1.0)
+        low = max(low, lowest - TARGET_RANGE_SLACK * width)
+        high = min(high, highest + TARGET_RANGE_SLACK * width)
+        why = (
+            f"within {TARGET_RANGE_SLACK:g} widths of the model's target_range "
+            f"[{lowest:g}, {highest:g}], i.e. [{low:g}, {high:g}]"
+        )
+    if low <= truth <= high:
+        return None
+    return InvalidInput(
+        f"'true_class' must be {why}.",
+        [detail("true_class", f"expected a number {why}, got {truth!r}")],
+    )
 
 
 def performance_report(
@@ -311,23 +360,47 @@ def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement
 
 def _regression(rows: Rows, predictions: int) -> Measurement:
     real = _float_type()
-    n, abs_sum, sq_sum, sq_squares, t_sum, t_squares = _query(
+    # The CASEs come before any arithmetic on a row: PostgreSQL raises on an overflowing
+    # subtraction or product (SQLite gives Infinity), so an unmeasurable row is never summed.
+    n, abs_sum, sq_sum, sq_squares, big_errors, t_sum, t_squares, unmeasurable = _query(
         f"""
-        SELECT COUNT(*), SUM(ae), SUM(ae * ae), SUM(ae * ae * ae * ae), SUM(t), SUM(t * t)
+        SELECT COUNT(*), SUM(ae), SUM(ae * ae),
+               SUM(CASE WHEN ae <= ? THEN ae * ae * ae * ae END),
+               SUM(CASE WHEN ae > ? THEN 1 ELSE 0 END),
+               SUM(t), SUM(t * t), SUM(1 - ok)
         FROM (
-            SELECT ABS(value - t) AS ae, t
-            FROM (SELECT value, CAST(truth AS {real}) AS t FROM ({rows.sql}) src
-                  WHERE value IS NOT NULL) labelled
+            SELECT CASE WHEN ok = 1 THEN ABS(value - t) END AS ae,
+                   CASE WHEN ok = 1 THEN t END AS t, ok
+            FROM (
+                SELECT value, t,
+                       CASE WHEN ABS(value) <= ? AND ABS(t) <= ? THEN 1 ELSE 0 END AS ok
+                FROM (SELECT value, CAST(truth AS {real}) AS t FROM ({rows.sql}) src
+                      WHERE value IS NOT NULL) labelled
+            ) checked
         ) errors
         """,
-        rows.params,
+        (FOURTH_POWER_LIMIT, FOURTH_POWER_LIMIT, MEASURABLE, MEASURABLE, *rows.params),
     )[0]
     result = Measurement("regression", predictions, n)
     if not n:
         result.estimates = {name: statistics.NO_DATA for name in REGRESSION_METRICS}
         return result
+    if unmeasurable:
+        result.unmeasurable = int(unmeasurable)
+        rows_text = (
+            "1 labelled row has" if unmeasurable == 1 else f"{unmeasurable} labelled rows have"
+        )
+        why = (
+            f"{rows_text} a truth or prediction beyond {MEASURABLE:g} in magnitude; "
+            "send /update again for them with the real value"
+        )
+        result.estimates = {name: Estimate(None, reason=why) for name in REGRESSION_METRICS}
+        return result
     result.abs_error_sum, result.abs_error_squares = abs_sum, sq_sum
-    mse = statistics.mean(sq_sum, sq_squares, n)
+    mse = statistics.mean(sq_sum, sq_squares or 0.0, n)
+    if big_errors:
+        # Fourth powers of these errors would overflow: the RMSE keeps no interval.
+        mse = Estimate(mse.value)
     total = t_squares - t_sum * t_sum / n
     result.estimates = {
         "mae": statistics.mean(abs_sum, sq_sum, n),

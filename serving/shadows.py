@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from serving import statistics
+from serving import quality, statistics
 from serving.batching import MicroBatcher
 from serving.database import db, is_sqlite, run_with_retry, write_transaction
 from serving.errors import ServiceError
@@ -197,12 +197,20 @@ def _paired_test(model: LoadedModel, endpoint: str, version: str) -> statistics.
     )
     if model.task == "regression":
         real = "REAL" if is_sqlite() else "DOUBLE PRECISION"
-        n, total, squares = db.execute_sql(
-            "SELECT COUNT(*), SUM(d), SUM(d * d) FROM ("
-            f"SELECT ABS(p.value - CAST(p.true_class AS {real})) "
-            f"- ABS(s.value - CAST(p.true_class AS {real})) AS d {joined}) paired",
+        limit = quality.MEASURABLE
+        # As quality's sums: a row beyond the measurable range is counted, never subtracted
+        # or squared (PostgreSQL raises on overflow, SQLite gives Infinity).
+        n, total, squares, unmeasurable = db.execute_sql(
+            "SELECT COUNT(*), SUM(d), SUM(d * d), SUM(1 - ok) FROM ("
+            "SELECT CASE WHEN ok = 1 THEN ABS(pv - t) - ABS(sv - t) END AS d, ok FROM ("
+            f"SELECT pv, sv, t, CASE WHEN ABS(pv) <= {limit!r} AND ABS(sv) <= {limit!r} "
+            f"AND ABS(t) <= {limit!r} THEN 1 ELSE 0 END AS ok FROM ("
+            f"SELECT p.value AS pv, s.value AS sv, CAST(p.true_class AS {real}) AS t {joined}"
+            ") src) checked) paired",
             (endpoint, version),
         ).fetchone()
+        if unmeasurable:
+            return statistics.TestResult("paired t-test on absolute error", None, None, None)
         return statistics.paired_t(total or 0.0, squares or 0.0, n)
     only_answering, only_shadow = db.execute_sql(
         "SELECT "

@@ -18,15 +18,34 @@ _Z = float(stats.norm.ppf(1 - ALPHA / 2))
 
 @dataclass(frozen=True)
 class Estimate:
-    """A metric with its 95% confidence interval; all None when there is no data."""
+    """A metric with its 95% confidence interval; all None when there is no data, or when it
+    cannot be measured (then `reason` says why)."""
 
     value: float | None
     low: float | None = None
     high: float | None = None
+    reason: str | None = None
 
-    def to_json(self) -> dict[str, float | None]:
-        """As the API shows it."""
-        return {"value": self.value, "low": self.low, "high": self.high}
+    def to_json(self) -> dict[str, float | str | None]:
+        """As the API shows it; `reason` only when the metric is null for one."""
+        out: dict[str, float | str | None] = {
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+    def finite(self) -> Estimate:
+        """This estimate with nothing JSON cannot carry: a value that is not a finite number
+        becomes None with a reason, a non-finite bound drops the interval."""
+        if self.value is not None and not math.isfinite(self.value):
+            return Estimate(None, reason=f"not a finite number ({self.value})")
+        bounds = (self.low, self.high)
+        if any(b is not None and not math.isfinite(b) for b in bounds):
+            return Estimate(self.value, reason=self.reason)
+        return self
 
 
 NO_DATA = Estimate(None)

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import metrics, predictions, routing
+from serving import metrics, predictions, quality, routing
 from serving.errors import Conflict, InvalidInput, detail
 from serving.http.context import (
     annotate,
@@ -100,6 +100,9 @@ def update(endpoint: str) -> tuple[dict[str, Any], int]:
             f"'true_class' must be {expected}.",
             [detail("true_class", f"expected {expected}, got {request_body.true_class!r}")],
         )
+    unmeasurable = quality.truth_problem(model, truth)
+    if unmeasurable is not None:
+        raise unmeasurable
     row = predictions.record_truth(endpoint, request_body.observation_id, truth)
     annotate(model_version=row.model_version)
     return predictions.to_json(row, request_body.observation_id), 200

@@ -47,8 +47,15 @@ TIME = {"type": ["string", "null"], "description": "ISO 8601, UTC"}
 NO_NUL = "^[^\\u0000]*$"
 # Who made a change, or why: null or absent means the default (admin-api, no reason).
 SHORT_TEXT = {"type": ["string", "null"], "maxLength": 200, "pattern": NO_NUL}
-# A metric with its 95% interval, null while there is no labelled data.
-ESTIMATE = obj(value=NULLABLE_NUMBER, low=NULLABLE_NUMBER, high=NULLABLE_NUMBER)
+# A metric with its 95% interval, null while there is no labelled data, or null with a
+# `reason` when it cannot be measured (a stored truth or prediction beyond the range the
+# sums can hold).
+ESTIMATE = obj(
+    value=NULLABLE_NUMBER,
+    low=NULLABLE_NUMBER,
+    high=NULLABLE_NUMBER,
+    reason=STRING | {"description": "Why the metric is null, when it could not be measured."},
+)
 
 # The JSON body of every error (serving/errors.py renders them all with one handler).
 ERROR = {
