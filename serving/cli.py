@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import json
 
 import click
 from flask import Flask, current_app
 
 import serving
-from serving import database, migrations
+from serving import database, digests, migrations
 from serving.batch.command import score_command
 from serving.errors import ServiceError
 from serving.lifecycle import STATUSES
@@ -33,6 +34,17 @@ def init_app(app: Flask) -> None:
             click.echo(f"applied migrations {applied}; schema is at version {applied[-1]}")
         else:
             click.echo(f"schema is up to date at version {migrations.current_version()}")
+
+    @app.cli.command("pin-digests")
+    def pin_digests_command() -> None:
+        """Print a MODEL_DIGESTS manifest of the model folders as they are now (sha256 of every
+        file; nothing is unpickled). Review the folders, then keep its output where the model
+        folders' writer cannot change it and point MODEL_DIGESTS at it."""
+        settings = current_app.config["SETTINGS"]
+        manifest = digests.manifest_for(
+            settings.root_model_dir, settings.models_dir, settings.default_endpoint
+        )
+        click.echo(json.dumps(manifest, indent=2))
 
     @app.cli.command("set-status")
     @click.argument("endpoint")

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.config import Settings
+from serving.digests import DigestError, Manifest, manifest_key
 from serving.errors import Conflict, NotFound, detail
 from serving.lifecycle import ARCHIVED, PRODUCTION, TESTING, check_status
-from serving.runtime import LoadedModel, ModelLoadError
+from serving.runtime import (
+    COLUMNS_FILE,
+    DTYPES_FILE,
+    PIPELINE_FILE,
+    SKOPS_FILE,
+    LoadedModel,
+    ModelLoadError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ class Registry:
     # Versions that failed to load while SKIP_BROKEN_MODELS was set: reported, not served.
     broken: list[dict[str, str]] = field(default_factory=list)
     declared: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The operator's pins (MODEL_DIGESTS), when set: every folder must match its entry.
+    manifest: Manifest | None = None
 
     @classmethod
     def load(cls, settings: Settings, endpoints: Collection[str] | None = None) -> Registry:
@@ -36,8 +46,15 @@ class Registry:
         (only the endpoints in `endpoints`, when given: a command that needs no others).
 
         Only folders the operator put there are read; nothing a request names is ever loaded.
+        A MODEL_DIGESTS manifest that cannot be read stops start-up whatever
+        SKIP_BROKEN_MODELS says: it guards every folder, not one.
         """
         registry = cls(settings.default_endpoint)
+        if settings.model_digests:
+            try:
+                registry.manifest = Manifest.read(settings.model_digests)
+            except DigestError as exc:
+                raise ModelLoadError(str(exc)) from exc
 
         def wanted(endpoint: str) -> bool:
             return endpoints is None or endpoint in endpoints
@@ -50,6 +67,8 @@ class Registry:
             ):
                 for version_dir in sorted(p for p in endpoint_dir.iterdir() if p.is_dir()):
                     registry._load_one(settings, version_dir, endpoint_dir.name, version_dir.name)
+        if registry.manifest is not None and endpoints is None:
+            registry.manifest.warn_unused()
         return registry
 
     def _load_one(
@@ -76,9 +95,8 @@ class Registry:
         first = PRODUCTION if version is None else TESTING
         self.declared[(endpoint, model.version)] = model.metadata.get("initial_status", first)
 
-    @staticmethod
     def _checked(
-        settings: Settings, folder: Path, endpoint: str, version: str | None
+        self, settings: Settings, folder: Path, endpoint: str, version: str | None
     ) -> LoadedModel:
         if not _NAME.match(endpoint):
             raise ModelLoadError(
@@ -86,7 +104,13 @@ class Registry:
             )
         if version is not None and not _NAME.match(version):
             raise ModelLoadError(f"model folder {folder}: {version!r} is not a valid version name")
-        model = LoadedModel.load(folder, endpoint, version, compile=settings.compile_models)
+        model = LoadedModel.load(
+            folder,
+            endpoint,
+            version,
+            compile=settings.compile_models,
+            check_digests=self._pinned_outside(folder, endpoint),
+        )
         declared = model.metadata.get("version")
         if version is not None and declared is not None and str(declared) != version:
             raise ModelLoadError(
@@ -99,6 +123,22 @@ class Registry:
         if model.metadata.get("out_of_range", "warn") not in ("warn", "reject"):
             raise ModelLoadError(f"model folder {folder}: out_of_range must be 'warn' or 'reject'")
         return model
+
+    def _pinned_outside(
+        self, folder: Path, endpoint: str
+    ) -> Callable[[str, Mapping[str, str]], None] | None:
+        """The check of a folder's digests against the manifest, or None without one."""
+        manifest = self.manifest
+        if manifest is None:
+            return None
+
+        def check(version: str, digests: Mapping[str, str]) -> None:
+            # The pipeline's file name depends on the format the folder holds.
+            pipeline = SKOPS_FILE if SKOPS_FILE in digests else PIPELINE_FILE
+            required = (pipeline, DTYPES_FILE, COLUMNS_FILE)
+            manifest.check(folder, manifest_key(endpoint, version), digests, required)
+
+        return check
 
     def endpoint(self, endpoint: str) -> dict[str, LoadedModel]:
         """The versions of an endpoint; NotFound when there is no such endpoint."""

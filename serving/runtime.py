@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
 import math
-import pickle
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import sklearn
 from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from serving import dtypes_pickle, skops_format
 from serving.compiled import (
     CompiledPipeline,
     NotCompilable,
@@ -27,6 +27,7 @@ from serving.compiled import (
     reference_rows,
     verify,
 )
+from serving.digests import DigestError, check_folder_pins, sha256_hex
 from serving.schema import STRING, InputSchema
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE, METADATA_FILE = (
     "columns.json",
     "model.json",
 )
+# The safe alternative to pipeline.pickle: loaded by skops.io, which runs no arbitrary code.
+SKOPS_FILE = "pipeline.skops"
 
 
 # The issue's bar: compiled probabilities within 1e-6 of the pipeline's, or no fast path.
@@ -94,14 +97,6 @@ class Scores:
         ]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _plain(value: Any) -> Any:
     """A numpy scalar as the JSON-friendly Python value."""
     return value.item() if isinstance(value, np.generic) else value
@@ -150,31 +145,50 @@ class LoadedModel:
         self.compiled: CompiledPipeline | None = None
         self.fast_path: dict[str, Any] = {"enabled": False, "reason": "not compiled"}
         self.rejects_surprises = metadata.get("out_of_range") == "reject"
+        # The sha256 of each file the model was built from, as read (set by `load`).
+        self.digests: dict[str, str] = {}
 
     @classmethod
     def load(
-        cls, folder: Path, endpoint: str, version: str | None = None, compile: bool = True
+        cls,
+        folder: Path,
+        endpoint: str,
+        version: str | None = None,
+        compile: bool = True,
+        check_digests: Callable[[str, Mapping[str, str]], None] | None = None,
     ) -> LoadedModel:
         """Load and check a model folder; a broken folder raises ModelLoadError with a sentence.
 
-        With `compile`, also try the NumPy fast path and keep it only if it reproduces the
-        pipeline on reference rows within FAST_PATH_TOLERANCE.
+        Every file's sha256 is checked against model.json's pins, then `check_digests(version,
+        digests)` (the operator's pins from outside the folder; it raises DigestError to
+        refuse), before anything is unpickled. With `compile`, also try the NumPy fast path and
+        keep it only if it reproduces the pipeline on reference rows within FAST_PATH_TOLERANCE.
         """
         folder = Path(folder)
-        for name in (PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE):
+        pipeline_file = _pipeline_file(folder)
+        for name in (DTYPES_FILE, COLUMNS_FILE):
             if not (folder / name).is_file():
                 raise ModelLoadError(f"model folder {folder}: {name} is missing")
-        metadata = _read_metadata(folder)
-        expected_sha = metadata.get("pipeline_sha256")
-        if expected_sha and _sha256(folder / PIPELINE_FILE) != expected_sha:
-            raise ModelLoadError(
-                f"model folder {folder}: {PIPELINE_FILE} does not match the pipeline_sha256 "
-                f"in {METADATA_FILE}; the file was replaced or corrupted"
-            )
-        pipeline = _read_pipeline(folder)
-        columns = _read_columns(folder)
-        dtypes = _read_dtypes(folder)
-        _check_pipeline(folder, pipeline, columns)
+        # Each file is read once: the bytes whose digest is checked are the bytes parsed, so
+        # a file swapped between the check and the load cannot slip through.
+        contents = {
+            name: (folder / name).read_bytes()
+            for name in (pipeline_file, DTYPES_FILE, COLUMNS_FILE, METADATA_FILE)
+            if (folder / name).is_file()
+        }
+        metadata = _read_metadata(folder, contents.get(METADATA_FILE))
+        version = str(version or metadata.get("version") or "1")
+        digests = {name: sha256_hex(data) for name, data in contents.items()}
+        try:
+            check_folder_pins(folder, metadata, digests, pipeline_file)
+            if check_digests is not None:
+                check_digests(version, digests)
+        except DigestError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        pipeline = _read_pipeline(folder, pipeline_file, contents[pipeline_file], metadata)
+        columns = _read_columns(folder, contents[COLUMNS_FILE])
+        dtypes = _read_dtypes(folder, contents[DTYPES_FILE])
+        _check_pipeline(folder, pipeline, columns, pipeline_file)
         unknown = [name for name in dtypes if name not in columns]
         if unknown:
             raise ModelLoadError(
@@ -185,14 +199,8 @@ class LoadedModel:
             schema = InputSchema.from_columns(columns, dtypes, metadata.get("profile"))
         except ValueError as exc:
             raise ModelLoadError(f"model folder {folder}: {exc}") from exc
-        model = cls(
-            folder,
-            pipeline,
-            schema,
-            metadata,
-            endpoint,
-            str(version or metadata.get("version") or "1"),
-        )
+        model = cls(folder, pipeline, schema, metadata, endpoint, version)
+        model.digests = digests
         if compile:
             model.enable_fast_path()
         logger.info(
@@ -332,47 +340,62 @@ class LoadedModel:
         }
 
 
-def _read_json(folder: Path, name: str) -> Any:
+def _pipeline_file(folder: Path) -> str:
+    """pipeline.pickle or pipeline.skops, whichever the folder holds; never both."""
+    present = [name for name in (PIPELINE_FILE, SKOPS_FILE) if (folder / name).is_file()]
+    if not present:
+        raise ModelLoadError(f"model folder {folder}: {PIPELINE_FILE} is missing (or {SKOPS_FILE})")
+    if len(present) > 1:
+        raise ModelLoadError(
+            f"model folder {folder}: holds both {PIPELINE_FILE} and {SKOPS_FILE}; keep one"
+        )
+    return present[0]
+
+
+def _read_json(folder: Path, name: str, data: bytes) -> Any:
     try:
-        return json.loads((folder / name).read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"model folder {folder}: {name} is not valid JSON: {exc}") from exc
 
 
-def _read_metadata(folder: Path) -> dict[str, Any]:
-    if not (folder / METADATA_FILE).is_file():
+def _read_metadata(folder: Path, data: bytes | None) -> dict[str, Any]:
+    if data is None:
         return {}
-    metadata = _read_json(folder, METADATA_FILE)
+    metadata = _read_json(folder, METADATA_FILE, data)
     if not isinstance(metadata, dict):
         raise ModelLoadError(f"model folder {folder}: {METADATA_FILE} must hold a JSON object")
     return metadata
 
 
-def _read_pipeline(folder: Path) -> Any:
-    path = folder / PIPELINE_FILE
+def _read_pipeline(folder: Path, name: str, data: bytes, metadata: Mapping[str, Any]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         try:
-            return joblib.load(path)
+            if name == SKOPS_FILE:
+                return skops_format.loads(data, metadata)
+            return joblib.load(io.BytesIO(data))
+        except skops_format.SkopsRefused as exc:
+            raise ModelLoadError(f"model folder {folder}: {name} is refused: {exc}") from exc
         except InconsistentVersionWarning as exc:
             raise ModelLoadError(
-                f"model folder {folder}: {PIPELINE_FILE} was saved with scikit-learn "
+                f"model folder {folder}: {name} was saved with scikit-learn "
                 f"{exc.original_sklearn_version}, this server runs {sklearn.__version__}; "
                 f"retrain it or pin scikit-learn=={exc.original_sklearn_version}"
             ) from exc
         except (ModuleNotFoundError, AttributeError) as exc:
             raise ModelLoadError(
-                f"model folder {folder}: {PIPELINE_FILE} needs code that cannot be imported "
+                f"model folder {folder}: {name} needs code that cannot be imported "
                 f"({exc}); custom transformers belong in the custom_transformers package"
             ) from exc
         except Exception as exc:
             raise ModelLoadError(
-                f"model folder {folder}: {PIPELINE_FILE} cannot be unpickled: {exc}"
+                f"model folder {folder}: {name} cannot be unpickled: {exc}"
             ) from exc
 
 
-def _read_columns(folder: Path) -> list[str]:
-    columns = _read_json(folder, COLUMNS_FILE)
+def _read_columns(folder: Path, data: bytes) -> list[str]:
+    columns = _read_json(folder, COLUMNS_FILE, data)
     if (
         not isinstance(columns, list)
         or not columns
@@ -385,11 +408,14 @@ def _read_columns(folder: Path) -> list[str]:
     return columns
 
 
-def _read_dtypes(folder: Path) -> dict[str, Any]:
-    path = folder / DTYPES_FILE
+def _read_dtypes(folder: Path, data: bytes) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            dtypes = pickle.load(handle)
+        dtypes = dtypes_pickle.loads(data)
+    except dtypes_pickle.RefusedGlobal as exc:
+        raise ModelLoadError(
+            f"model folder {folder}: {DTYPES_FILE} is refused: it names {exc.qualified}, and a "
+            "dtypes pickle may only name the pandas and numpy types of a Series of dtypes"
+        ) from exc
     except Exception as exc:
         raise ModelLoadError(
             f"model folder {folder}: {DTYPES_FILE} cannot be unpickled: {exc}"
@@ -403,13 +429,13 @@ def _read_dtypes(folder: Path) -> dict[str, Any]:
     )
 
 
-def _check_pipeline(folder: Path, pipeline: Any, columns: list[str]) -> None:
+def _check_pipeline(folder: Path, pipeline: Any, columns: list[str], name: str) -> None:
     if not hasattr(pipeline, "predict"):
-        raise ModelLoadError(f"model folder {folder}: {PIPELINE_FILE} holds no estimator")
+        raise ModelLoadError(f"model folder {folder}: {name} holds no estimator")
     try:
         check_is_fitted(pipeline)
     except NotFittedError as exc:
-        raise ModelLoadError(f"model folder {folder}: {PIPELINE_FILE} is not fitted") from exc
+        raise ModelLoadError(f"model folder {folder}: {name} is not fitted") from exc
     trained_on = getattr(pipeline, "feature_names_in_", None)
     if trained_on is not None and list(trained_on) != list(columns):
         raise ModelLoadError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -175,24 +176,36 @@ def _tiny_pipeline(estimator):
     )
 
 
-def write_model(folder: Path, pipeline, frame: pd.DataFrame, metadata: dict) -> Path:
-    """Write a model folder the way the training package does."""
+def write_model(
+    folder: Path, pipeline, frame: pd.DataFrame, metadata: dict, pin: bool = False
+) -> Path:
+    """Write a model folder the way the training package does; with `pin`, model.json pins
+    every file's sha256 as training does (off by default: many tests edit a file afterwards
+    to see the error that file causes, not a digest mismatch)."""
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, folder / "pipeline.pickle")
     with (folder / "dtypes.pickle").open("wb") as handle:
         pickle.dump(frame.dtypes, handle)
     (folder / "columns.json").write_text(json.dumps(list(frame.columns)))
+    if pin:
+        names = ("pipeline.pickle", "dtypes.pickle", "columns.json")
+        metadata = {
+            **metadata,
+            "sha256": {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names},
+        }
     (folder / "model.json").write_text(json.dumps(metadata))
     return folder
 
 
-def fit_tiny_model(folder: Path, shift: float = 0.5, **metadata) -> Path:
+def fit_tiny_model(folder: Path, shift: float = 0.5, pin: bool = False, **metadata) -> Path:
     """A small, valid binary model: two numeric and one text input. `shift` moves its
-    decision boundary, so versions fitted with different shifts answer differently."""
+    decision boundary, so versions fitted with different shifts answer differently; `pin`
+    pins its files' digests in model.json."""
     frame = _tiny_frame()
     target = (frame["x"] + (frame["color"] == "red") > shift).astype(int)
     pipeline = _tiny_pipeline(LogisticRegression()).fit(frame, target)
-    return write_model(folder, pipeline, frame, {"name": "tiny", "version": "1", **metadata})
+    metadata = {"name": "tiny", "version": "1", **metadata}
+    return write_model(folder, pipeline, frame, metadata, pin=pin)
 
 
 def fit_tiny_multiclass(folder: Path, **metadata) -> Path:

@@ -53,6 +53,11 @@ def write_model(out_dir: Path, pipeline: Pipeline, X: pd.DataFrame, metadata: di
     with open(out_dir / DTYPES_FILE, "wb") as handle:
         pickle.dump(X.dtypes, handle)
     write_json(out_dir / COLUMNS_FILE, list(X.columns))
-    model = {**metadata, "pipeline_sha256": sha256_file(pipeline_path)}
+    # Every file the service reads is pinned (the service checks them before unpickling);
+    # pipeline_sha256 stays for readers that know only the pipeline's pin.
+    digests = {
+        name: sha256_file(out_dir / name) for name in (PIPELINE_FILE, DTYPES_FILE, COLUMNS_FILE)
+    }
+    model = {**metadata, "pipeline_sha256": digests[PIPELINE_FILE], "sha256": digests}
     write_json(out_dir / MODEL_FILE, model)
     return model
