@@ -1,44 +1,44 @@
 # The README's two commands: `make run` serves the bundled model on SQLite, `make test` tests.
-VENV ?= .venv
-PYTHON ?= python3
-BIN := $(VENV)/bin
+# Plain `make` lists the targets. Every target that needs Python makes .venv first
+# (scripts/venv: Python 3.11 or newer, rebuilt when another interpreter made it).
+.DEFAULT_GOAL := help
+BIN := .venv/bin
 
-.PHONY: run serve test lint migrate bench container-check clean
+.PHONY: help run serve test lint migrate bench container-check clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+help:  ## list the targets
+	@echo "make TARGET, where TARGET is one of:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
+	@echo "(PYTHON=/path/to/python3.11 picks the interpreter; ARGS=... passes arguments on)"
 
-$(VENV)/.prod: requirements_prod.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements_prod.txt
-	touch $@
-
-$(VENV)/.dev: requirements_dev.txt requirements_prod.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements_dev.txt
-	touch $@
-
-run: $(VENV)/.prod  ## serve on $$PORT (default 5000) with gunicorn
+run:  ## serve the bundled models on PORT (default 5000) with gunicorn, on SQLite
+	@scripts/venv prod
 	$(BIN)/gunicorn -c gunicorn.conf.py app:app
 
-serve: $(VENV)/.prod  ## Flask's own server, for debugging
+serve:  ## Flask's own server, for debugging
+	@scripts/venv prod
 	$(BIN)/python app.py
 
-test: $(VENV)/.dev  ## the whole suite on SQLite, then on PostgreSQL when reachable
+test:  ## the whole suite on SQLite, then on PostgreSQL (ARGS="-k contract -x" for pytest)
+	@scripts/venv dev
 	PYTHON=$(BIN)/python scripts/run-tests $(ARGS)
 
-lint: $(VENV)/.dev
+lint:  ## ruff, ruff format and hadolint
+	@scripts/venv dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 
-bench: $(VENV)/.dev  ## the benchmark against the naive baseline (needs wrk; about 6 minutes)
+migrate:  ## bring the database at DATABASE_URL up to date
+	@scripts/venv prod
+	$(BIN)/flask --app app migrate
+
+bench:  ## the benchmark against the naive baseline (needs wrk; about 6 minutes)
+	@scripts/venv dev
 	$(BIN)/python -m bench $(ARGS)
 
 container-check:  ## build the image and run it for real (root; podman, buildah; about 2 minutes)
 	scripts/container-check
 
-migrate: $(VENV)/.prod
-	$(BIN)/flask --app app migrate
-
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache predictions.db*
+clean:  ## remove .venv, caches and the default SQLite database
+	rm -rf .venv .pytest_cache .ruff_cache predictions.db*
