@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -36,7 +37,10 @@ def init_app(app: Flask) -> None:
             click.echo(f"schema is up to date at version {migrations.current_version()}")
 
     @app.cli.command("pin-digests")
-    def pin_digests_command() -> None:
+    @click.option(
+        "--output", "-o", type=click.Path(dir_okay=False), help="write here, not to stdout"
+    )
+    def pin_digests_command(output: str | None) -> None:
         """Print a MODEL_DIGESTS manifest of the model folders as they are now (sha256 of every
         file; nothing is unpickled). Review the folders, then keep its output where the model
         folders' writer cannot change it and point MODEL_DIGESTS at it."""
@@ -44,7 +48,13 @@ def init_app(app: Flask) -> None:
         manifest = digests.manifest_for(
             settings.root_model_dir, settings.models_dir, settings.default_endpoint
         )
-        click.echo(json.dumps(manifest, indent=2))
+        text = json.dumps(manifest, indent=2)
+        if output is None:
+            click.echo(text)
+            return
+        # A file of its own: log lines (JSON on stdout) can never end up inside it.
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"pinned {len(manifest)} versions in {output}")
 
     @app.cli.command("set-status")
     @click.argument("endpoint")

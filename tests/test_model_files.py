@@ -352,9 +352,14 @@ def test_the_flask_command_prints_the_manifest(tmp_path: Path, database_url: str
 
     fit_tiny_model(tmp_path / "models" / "tiny" / "1")
     application = make_app(database_url, tmp_path / "models", migrate_on_start=False)
-    result = application.test_cli_runner().invoke(args=["pin-digests"])
+    runner = application.test_cli_runner()
+    result = runner.invoke(args=["pin-digests"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == manifest_of(tmp_path)
+    result = runner.invoke(args=["pin-digests", "--output", str(tmp_path / "pins.json")])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"pinned 2 versions in {tmp_path / 'pins.json'}\n"
+    assert json.loads((tmp_path / "pins.json").read_text()) == manifest_of(tmp_path)
 
 
 # --- pipeline.skops: a pipeline loaded without running arbitrary code --------------------
