@@ -81,6 +81,9 @@ def environment(name: str, model_dir: Path, database_url: str, port: int) -> dic
             PORT=str(port),
             WEB_CONCURRENCY=str(WORKERS),
             LOG_LEVEL="WARNING",
+            # The baseline has no client authentication: compare like with like, whatever
+            # PREDICT_TOKEN the harness's own shell may hold.
+            PREDICT_AUTH="off",
         )
     else:
         env["MODEL_DIR"] = str(model_dir)

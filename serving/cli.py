@@ -12,6 +12,7 @@ from flask import Flask, current_app
 import serving
 from serving import database, digests, migrations
 from serving.batch.command import score_command
+from serving.clients import keys_command
 from serving.errors import ServiceError
 from serving.lifecycle import STATUSES
 from serving.runtime import ModelLoadError
@@ -20,6 +21,7 @@ from serving.runtime import ModelLoadError
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(score_command)
+    app.cli.add_command(keys_command)
 
     @app.cli.command("migrate")
     def migrate_command() -> None:

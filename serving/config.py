@@ -47,6 +47,18 @@ def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in {"1", "true", "yes", "on"}
 
 
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off setting that refuses anything else: a typo must not leave a guard off."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"on", "true", "1", "yes"}:
+        return True
+    if raw in {"off", "false", "0", "no"}:
+        return False
+    raise ValueError(f"{name} must be on or off, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service can be told from outside; embedded defaults run it locally."""
@@ -59,6 +71,11 @@ class Settings:
     admin_token: str | None = None
     # Viewing the dashboard needs this token when set; unset, the read-only pages are open.
     dashboard_token: str | None = None
+    # Client authentication on /predict, /update and /predict/batch (PREDICT_AUTH=on|off):
+    # off by default so the tutorial works as it is; unset, on exactly when PREDICT_TOKEN is.
+    predict_auth: bool = False
+    # One shared client token, the simple option beside `flask keys` API keys.
+    predict_token: str | None = None
     max_batch_rows: int = 10_000
     max_body_bytes: int = 1_000_000
     # A batch of MAX_BATCH_ROWS rows is far larger than one observation.
@@ -87,6 +104,7 @@ class Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
         token = env.get("ADMIN_TOKEN", "").strip() or None
+        predict_token = env.get("PREDICT_TOKEN", "").strip() or None
         return cls(
             database_url=env.get("DATABASE_URL", "").strip() or defaults.database_url,
             port=_int(env, "PORT", defaults.port),
@@ -95,6 +113,8 @@ class Settings:
             default_endpoint=env.get("DEFAULT_ENDPOINT", "").strip() or defaults.default_endpoint,
             admin_token=token,
             dashboard_token=env.get("DASHBOARD_TOKEN", "").strip() or None,
+            predict_auth=_switch(env, "PREDICT_AUTH", bool(predict_token)),
+            predict_token=predict_token,
             max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
             max_batch_body_bytes=_int(env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes),

@@ -16,6 +16,8 @@ class ServiceError(Exception):
 
     status = 500
     default_message = "The server could not handle this request."
+    # Response headers the error needs (such as WWW-Authenticate), set by subclasses.
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str | None = None, details: list[dict[str, str]] | None = None):
         self.message = message or self.default_message
@@ -35,11 +37,20 @@ class BadRequest(ServiceError):
 class Unauthorized(ServiceError):
     status = 401
     default_message = "This action needs an admin token: send 'Authorization: Bearer <token>'."
+    # RFC 6750: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(ServiceError):
     status = 403
     default_message = "The admin token is wrong, or admin actions are disabled on this server."
+
+
+class ClientForbidden(Forbidden):
+    """A wrong or revoked client credential on a prediction route."""
+
+    default_message = "The token is wrong or revoked."
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 class NotFound(ServiceError):
@@ -81,6 +92,7 @@ def detail(field: str, problem: str) -> dict[str, str]:
 def _render(error: ServiceError) -> Response:
     response = jsonify(error.to_dict())
     response.status_code = error.status
+    response.headers.update(error.headers)
     return response
 
 

@@ -144,6 +144,24 @@ def _add_experiments(database: peewee.Database) -> None:
     )
 
 
+def _create_api_keys(database: peewee.Database) -> None:
+    """Client API keys for the prediction routes, stored as sha256 hashes."""
+
+    class ApiKey(peewee.Model):
+        id = peewee.BigAutoField()
+        name = peewee.CharField(max_length=100, unique=True)
+        key_hash = peewee.CharField(max_length=64, unique=True)
+        created_by = peewee.CharField(max_length=200)
+        created_at = peewee.DateTimeField()
+        revoked_at = peewee.DateTimeField(null=True)
+
+        class Meta:
+            table_name = "api_key"
+
+    with database.bind_ctx([ApiKey]):
+        database.create_tables([ApiKey], safe=False)
+
+
 Migration = tuple[int, str, Callable[[peewee.Database], None]]
 
 MIGRATIONS: list[Migration] = [
@@ -151,6 +169,7 @@ MIGRATIONS: list[Migration] = [
     (2, "prediction: probabilities and regression value", _add_prediction_outputs),
     (3, "create version_status", _create_version_status_table),
     (4, "A/B tests, shadow versions and scores", _add_experiments),
+    (5, "create api_key", _create_api_keys),
 ]
 
 

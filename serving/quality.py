@@ -277,8 +277,12 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
         "recall": statistics.proportion(tp, positives),
         "f1": Estimate(f1),
         "roc_auc": statistics.roc_auc(auc, positives, n - positives),
-        "log_loss": statistics.mean(sum(g[5] for g in groups), sum(g[6] for g in groups), n),
-        "brier": statistics.mean(sum(g[7] for g in groups), sum(g[8] for g in groups), n),
+        "log_loss": statistics.mean(
+            sum(g[5] for g in groups), sum(g[6] for g in groups), n, bounds=(0.0, None)
+        ),
+        "brier": statistics.mean(
+            sum(g[7] for g in groups), sum(g[8] for g in groups), n, bounds=(0.0, 1.0)
+        ),
     }
     per_bin = AUC_BUCKETS // CALIBRATION_BINS
     bins = [
@@ -346,8 +350,13 @@ def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement
         "recall": Estimate(float(skm.recall_score(truth, predicted, **average))),
         "f1": Estimate(float(skm.f1_score(truth, predicted, **average))),
         "roc_auc": Estimate(auc),
-        "log_loss": statistics.mean(float(losses.sum()), float((losses**2).sum()), len(truth)),
-        "brier": statistics.mean(float(briers.sum()), float((briers**2).sum()), len(truth)),
+        "log_loss": statistics.mean(
+            float(losses.sum()), float((losses**2).sum()), len(truth), bounds=(0.0, None)
+        ),
+        # Summed over the classes: a row's Brier score lies in [0, 2].
+        "brier": statistics.mean(
+            float(briers.sum()), float((briers**2).sum()), len(truth), bounds=(0.0, 2.0)
+        ),
     }
     matrix = skm.confusion_matrix(truth, predicted, labels=labels)
     result.confusion_matrix = {"labels": model.classes, "matrix": matrix.tolist()}
@@ -397,13 +406,13 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
         result.estimates = {name: Estimate(None, reason=why) for name in REGRESSION_METRICS}
         return result
     result.abs_error_sum, result.abs_error_squares = abs_sum, sq_sum
-    mse = statistics.mean(sq_sum, sq_squares or 0.0, n)
+    mse = statistics.mean(sq_sum, sq_squares or 0.0, n, bounds=(0.0, None))
     if big_errors:
         # Fourth powers of these errors would overflow: the RMSE keeps no interval.
         mse = Estimate(mse.value)
     total = t_squares - t_sum * t_sum / n
     result.estimates = {
-        "mae": statistics.mean(abs_sum, sq_sum, n),
+        "mae": statistics.mean(abs_sum, sq_sum, n, bounds=(0.0, None)),
         "rmse": Estimate(
             math.sqrt(mse.value),
             None if mse.low is None else math.sqrt(max(0.0, mse.low)),

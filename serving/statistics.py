@@ -55,14 +55,20 @@ def proportion(successes: int, n: int) -> Estimate:
     """A rate with its Wilson score interval, which stays inside [0, 1] for small n."""
     if n <= 0:
         return NO_DATA
-    p = successes / n
-    centre = (p + _Z**2 / (2 * n)) / (1 + _Z**2 / n)
-    half = _Z * math.sqrt(p * (1 - p) / n + _Z**2 / (4 * n * n)) / (1 + _Z**2 / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
+    interval = stats.binomtest(successes, n).proportion_ci(1 - ALPHA, method="wilson")
+    return Estimate(successes / n, float(interval.low), float(interval.high))
 
 
-def mean(total: float, total_of_squares: float, n: int) -> Estimate:
-    """A mean of per-row values with a normal-approximation interval (sample variance)."""
+def mean(
+    total: float,
+    total_of_squares: float,
+    n: int,
+    bounds: tuple[float | None, float | None] = (None, None),
+) -> Estimate:
+    """A mean of per-row values with a normal-approximation interval (sample variance),
+    clipped to `bounds`, the range the values can take: at small n the normal interval of a
+    loss that cannot be negative would otherwise reach below 0. No library computes this from
+    sums (scipy wants the rows), and the database only sends sums."""
     if n <= 0:
         return NO_DATA
     average = total / n
@@ -70,7 +76,13 @@ def mean(total: float, total_of_squares: float, n: int) -> Estimate:
         return Estimate(average)
     variance = max(0.0, (total_of_squares - n * average * average) / (n - 1))
     half = _Z * math.sqrt(variance / n)
-    return Estimate(average, average - half, average + half)
+    low, high = average - half, average + half
+    floor, ceiling = bounds
+    if floor is not None:
+        low = max(floor, low)
+    if ceiling is not None:
+        high = min(ceiling, high)
+    return Estimate(average, low, high)
 
 
 def roc_auc(auc: float | None, positives: int, negatives: int) -> Estimate:
@@ -103,6 +115,7 @@ class TestResult:
 
 def two_proportions(successes_a: int, n_a: int, successes_b: int, n_b: int) -> TestResult:
     """Pooled two-proportion z-test of A's rate against B's (higher is better)."""
+    # Written out: scipy has no z-test of two counts (statsmodels would, for this alone).
     name = "two-proportion z-test on accuracy"
     if n_a <= 0 or n_b <= 0:
         return TestResult(name, None, None, None)
@@ -127,9 +140,10 @@ def welch(
     se2 = variance_a / n_a + variance_b / n_b
     if se2 == 0:
         return TestResult(name, 0.0, 1.0 if mean_a == mean_b else 0.0, None)
-    t = (mean_a - mean_b) / math.sqrt(se2)
-    dof = se2 * se2 / ((variance_a / n_a) ** 2 / (n_a - 1) + (variance_b / n_b) ** 2 / (n_b - 1))
-    p_value = float(2 * stats.t.sf(abs(t), dof))
+    result = stats.ttest_ind_from_stats(
+        mean_a, math.sqrt(variance_a), n_a, mean_b, math.sqrt(variance_b), n_b, equal_var=False
+    )
+    t, p_value = float(result.statistic), float(result.pvalue)
     better = ("B" if t > 0 else "A") if p_value < ALPHA else None
     return TestResult(name, t, p_value, better)
 
@@ -148,6 +162,7 @@ def mcnemar(only_a_right: int, only_b_right: int) -> TestResult:
 
 def paired_t(differences_total: float, differences_squares: float, n: int) -> TestResult:
     """Paired t-test on per-row differences (A's loss minus B's; positive means B better)."""
+    # Written out: scipy's ttest_rel wants the rows, and the database only sends sums.
     name = "paired t-test on absolute error"
     if n < 2:
         return TestResult(name, None, None, None)

@@ -115,6 +115,21 @@ class ShadowVersion(BaseTable):
         indexes = ((("endpoint", "version", "id"), False),)
 
 
+class ApiKey(BaseTable):
+    """A client's API key for the prediction routes, kept as the sha256 of the key only: the
+    key itself is shown once, when it is created."""
+
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=100, unique=True)
+    key_hash = peewee.CharField(max_length=64, unique=True)
+    created_by = peewee.CharField(max_length=200)
+    created_at = peewee.DateTimeField(default=utcnow)
+    revoked_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_key"
+
+
 class ShadowScore(BaseTable):
     """What a shadow version would have answered for a stored prediction."""
 

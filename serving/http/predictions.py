@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, request
 
 from serving import metrics, predictions, quality, routing
 from serving.errors import Conflict, InvalidInput, detail
+from serving.http.auth import authenticated
 from serving.http.context import (
     annotate,
     body,
@@ -105,4 +106,9 @@ def update(endpoint: str) -> tuple[dict[str, Any], int]:
         raise unmeasurable
     row = predictions.record_truth(endpoint, request_body.observation_id, truth)
     annotate(model_version=row.model_version)
-    return predictions.to_json(row, request_body.observation_id), 200
+    answer = predictions.to_json(row, request_body.observation_id)
+    if not authenticated():
+        # Anyone who guesses an id may update it while client authentication is off; the
+        # observation, often personal data, goes back only to a caller who proved who it is.
+        del answer["observation"]
+    return answer, 200

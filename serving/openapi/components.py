@@ -11,6 +11,7 @@ from serving.lifecycle import STATUSES
 from serving.payloads import MAX_ID_LENGTH
 
 ADMIN = "adminToken"
+CLIENT = "clientToken"
 
 # A time bound in the query: ISO 8601, or empty for no bound (as a form leaves it).
 INSTANT = {"type": "string", "anyOf": [{"format": "date-time"}, {"maxLength": 0}]}
@@ -128,6 +129,20 @@ PREDICTION = obj(
     arm={"enum": ["A", "B"]},
     warnings=array(ref("Detail"), description="Ignored fields, values training never saw."),
 )
+
+# /update's answer: the stored prediction with its truth. The observation goes back only to a
+# caller who authenticated (PREDICT_AUTH on): while it is off, anyone may update any id.
+UPDATED = {
+    **PREDICTION,
+    "required": [name for name in PREDICTION["required"] if name != "observation"],
+    "properties": {
+        **PREDICTION["properties"],
+        "observation": {
+            "type": "object",
+            "description": "The stored observation; only when PREDICT_AUTH is on.",
+        },
+    },
+}
 
 BATCH_ROW = {
     "description": "A row's /predict answer with status 200, or its error with its status.",
@@ -270,6 +285,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Detail": DETAIL,
     "ObservationId": OBSERVATION_ID,
     "Prediction": PREDICTION,
+    "Updated": UPDATED,
     "BatchRow": BATCH_ROW,
     "BatchAnswer": BATCH_ANSWER,
     "StatusChange": STATUS_CHANGE,
@@ -295,7 +311,12 @@ ERRORS: dict[int, tuple[str, str]] = {
         "expected kind of value; or a malformed query parameter.",
     ),
     401: ("Unauthorized", "No `Authorization: Bearer <token>` header."),
-    403: ("Forbidden", "Wrong admin token, or ADMIN_TOKEN is not set on this server."),
+    403: (
+        "Forbidden",
+        "Admin operations: wrong admin token, or ADMIN_TOKEN is not set on this server. "
+        "Prediction routes: not ADMIN_TOKEN, PREDICT_TOKEN or an active API key, or a "
+        "revoked key.",
+    ),
     404: (
         "NotFound",
         "Unknown endpoint, version, test, key or observation id, or no version "
@@ -440,6 +461,14 @@ PATH_PARAMETERS = {
     "test_id": "TestId",
     "name": "MetadataKey",
     "filename": "File",
+}
+
+# Listed only when PREDICT_AUTH is on; prediction routes then also accept ADMIN_TOKEN.
+CLIENT_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "`Authorization: Bearer <API key>` (from `flask keys create NAME`) or "
+    "`Bearer $PREDICT_TOKEN`, on /predict, /update and /predict/batch when PREDICT_AUTH is on.",
 }
 
 SECURITY_SCHEMES = {

@@ -7,6 +7,8 @@ from typing import Any
 from serving.config import Settings
 from serving.openapi.components import (
     ADMIN,
+    CLIENT,
+    CLIENT_SCHEME,
     ERRORS,
     PATH_PARAMETERS,
     SCHEMAS,
@@ -44,13 +46,13 @@ def build(registry: Registry, settings: Settings) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for operation in OPERATIONS:
         model = default_model if operation.default_endpoint else ""
-        _add(paths, operation.path, _operation(operation, model, operation.operation_id))
+        secured = settings.predict_auth
+        _add(paths, operation.path, _operation(operation, model, operation.operation_id, secured))
         if operation.per_endpoint:
             for endpoint in endpoints:
                 path = operation.path.replace("{endpoint}", endpoint)
-                copy = _operation(
-                    operation, f"{endpoint}.", f"{endpoint}.{operation.operation_id}", endpoint
-                )
+                operation_id = f"{endpoint}.{operation.operation_id}"
+                copy = _operation(operation, f"{endpoint}.", operation_id, secured, endpoint)
                 _add(paths, path, copy)
 
     return {
@@ -62,7 +64,11 @@ def build(registry: Registry, settings: Settings) -> dict[str, Any]:
             "schemas": schemas,
             "responses": error_responses(),
             "parameters": parameters(endpoints, versions),
-            "securitySchemes": SECURITY_SCHEMES,
+            "securitySchemes": (
+                {**SECURITY_SCHEMES, CLIENT: CLIENT_SCHEME}
+                if settings.predict_auth
+                else SECURITY_SCHEMES
+            ),
         },
     }
 
@@ -75,7 +81,11 @@ def _add(paths: dict[str, dict[str, Any]], path: str, operation: tuple[str, dict
 
 
 def _operation(
-    operation: Operation, model: str, operation_id: str, endpoint: str | None = None
+    operation: Operation,
+    model: str,
+    operation_id: str,
+    client_auth: bool,
+    endpoint: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     out: dict[str, Any] = {
         "operationId": operation_id,
@@ -104,12 +114,15 @@ def _operation(
     responses: dict[str, Any] = {}
     for reply in (operation.reply, *operation.more):
         responses[str(reply.status)] = _response(reply)
-    statuses = set(operation.errors) | ({401, 403} if operation.admin else set())
+    secured = operation.admin or (operation.client and client_auth)
+    statuses = set(operation.errors) | ({401, 403} if secured else set())
     for status in sorted(statuses):
         responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
     out["responses"] = responses
     if operation.admin:
         out["security"] = [{ADMIN: []}]
+    elif operation.client and client_auth:
+        out["security"] = [{CLIENT: []}, {ADMIN: []}]
     return operation.method, out
 
 

@@ -66,6 +66,8 @@ class Operation:
     body: Body | None = None
     query: tuple[str, ...] = ()
     admin: bool = False
+    # A prediction route: with PREDICT_AUTH on, it needs a client token (401, 403).
+    client: bool = False
     # Also describe the operation once per served endpoint, at its own path with its own
     # model's schemas (the path's {endpoint} filled in).
     per_endpoint: bool = False
@@ -108,7 +110,11 @@ PREDICT_DESCRIPTION = (
     "with `warnings` (422 when the model's `out_of_range` is `reject`)."
 )
 UPDATE_BODY = json_body(ref(f"{MODEL}UpdateRequest"))
-UPDATE_REPLY = json_reply(ref("Prediction"), description="The stored prediction with its truth.")
+UPDATE_REPLY = json_reply(
+    ref("Updated"),
+    description="The stored prediction with its truth; the observation only to an "
+    "authenticated caller.",
+)
 BATCH_BODY = Body(
     {
         JSON: {"schema": ref(f"{MODEL}BatchRequest")},
@@ -165,6 +171,7 @@ OPERATIONS: tuple[Operation, ...] = (
         SCORING,
         PREDICT_BODY,
         default_endpoint=True,
+        client=True,
         description=PREDICT_DESCRIPTION,
     ),
     Operation(
@@ -177,6 +184,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (400, 404, 413, 422, 503),
         UPDATE_BODY,
         default_endpoint=True,
+        client=True,
     ),
     Operation(
         "post",
@@ -189,6 +197,7 @@ OPERATIONS: tuple[Operation, ...] = (
         BATCH_BODY,
         query=("VersionQuery", "StatusQuery"),
         default_endpoint=True,
+        client=True,
         description=BATCH_DESCRIPTION,
     ),
     # Probes and metrics.
@@ -373,6 +382,7 @@ OPERATIONS: tuple[Operation, ...] = (
         PREDICT_BODY,
         query=("VersionQuery", "StatusQuery"),
         per_endpoint=True,
+        client=True,
         description=PREDICT_DESCRIPTION,
     ),
     Operation(
@@ -385,6 +395,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (400, 404, 413, 422, 503),
         UPDATE_BODY,
         per_endpoint=True,
+        client=True,
         description="A second update overwrites the first and sets `updated_at`.",
     ),
     Operation(
@@ -398,6 +409,7 @@ OPERATIONS: tuple[Operation, ...] = (
         BATCH_BODY,
         query=("VersionQuery", "StatusQuery"),
         per_endpoint=True,
+        client=True,
         description=BATCH_DESCRIPTION,
     ),
     # Quality and drift.
