@@ -37,8 +37,12 @@ class MicroBatcher(Generic[T, R]):
         process: Callable[[list[T]], list[R]],
         max_batch: int = 256,
         max_wait: float = 0.0,
+        shared_errors: tuple[type[BaseException], ...] = (),
     ):
         self._process = process
+        # Errors that concern every member whatever its items (the database is down): handed
+        # to all at once rather than retried member by member.
+        self._shared_errors = shared_errors
         self._max_batch = max(1, max_batch)
         self._max_wait = max(0.0, max_wait)
         self._lock = threading.Lock()
@@ -51,7 +55,9 @@ class MicroBatcher(Generic[T, R]):
     def submit(self, items: Sequence[T]) -> list[R]:
         """Process these items, possibly together with other callers'; returns their results.
 
-        An exception raised by `process` reaches every caller of that batch.
+        A failure of one caller never fails the others: when `process` raises for a batch of
+        several submissions, each is processed again alone and only the ones that still fail
+        get their own exception (an error of `shared_errors` reaches every caller at once).
         """
         if not items:
             return []
@@ -75,15 +81,7 @@ class MicroBatcher(Generic[T, R]):
             self._gather()
         with self._lock:
             batch = self._take()
-        try:
-            results = self._process([item for e in batch for item in e.items])
-            start = 0
-            for e in batch:
-                e.results = results[start : start + len(e.items)]
-                start += len(e.items)
-        except BaseException as exc:  # every caller of the batch must hear of it
-            for e in batch:
-                e.error = exc
+        self._run(batch)
         with self._lock:
             self.batches += 1
             self.items += sum(len(e.items) for e in batch)
@@ -96,6 +94,35 @@ class MicroBatcher(Generic[T, R]):
             e.done.set()
         if successor is not None:
             successor.done.set()
+
+    def _run(self, batch: list[_Entry[T, R]]) -> None:
+        """Process a batch; on failure, each submission alone, so only a culprit fails."""
+        try:
+            results = self._process([item for e in batch for item in e.items])
+        except Exception as exc:
+            if len(batch) == 1 or isinstance(exc, self._shared_errors):
+                for e in batch:
+                    e.error = exc
+                return
+            # One member's items (a value the driver cannot bind, say) must not fail the
+            # others: retry each alone. Each retry is a whole `process` call of its own, so a
+            # group commit stays all-or-nothing per caller.
+            for k, e in enumerate(batch):
+                self._run([e])
+                if isinstance(e.error, self._shared_errors):
+                    # Went down meanwhile: the others would only wait for the same answer.
+                    for rest in batch[k + 1 :]:
+                        rest.error = e.error
+                    return
+            return
+        except BaseException as exc:  # an interrupt: every caller must hear of it
+            for e in batch:
+                e.error = exc
+            return
+        start = 0
+        for e in batch:
+            e.results = results[start : start + len(e.items)]
+            start += len(e.items)
 
     def _gather(self) -> None:
         # Wait at most max_wait for the batch to fill; a full batch goes at once.

@@ -28,8 +28,25 @@ def _parse_float(text: str) -> float:
     return value if math.isfinite(value) else NonFinite(value)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Called by the C decoder for every object, so it stays this small: a repeated key shows
+    # as a dict shorter than its pairs, and only then are the pairs searched for it.
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise BadRequest(
+                    f"The request body repeats the key {key!r} in one object; send each key once.",
+                    [detail(key, "duplicate key")],
+                )
+            seen.add(key)
+    return found
+
+
 def parse_json(raw: bytes) -> Any:
-    """Decode a request body; malformed or absurdly nested JSON is a 400, never a 500."""
+    """Decode a request body; malformed or absurdly nested JSON is a 400, never a 500, and so
+    is an object that repeats a key (which of its values would count is anyone's guess)."""
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.")
     try:
@@ -37,7 +54,12 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest("The request body is not UTF-8 text.") from exc
     try:
-        return json.loads(text, parse_constant=_parse_constant, parse_float=_parse_float)
+        return json.loads(
+            text,
+            parse_constant=_parse_constant,
+            parse_float=_parse_float,
+            object_pairs_hook=_unique_keys,
+        )
     except RecursionError as exc:
         raise BadRequest("The request body is nested too deeply.") from exc
     except ValueError as exc:
@@ -68,6 +90,57 @@ def json_type(value: Any) -> str:
 
 
 MAX_ID_LENGTH = 255
+# Who made a change, and an A/B test's name: the histories keep them in 200-character columns.
+MAX_BY_LENGTH = 200
+
+
+def unencodable(text: str) -> bool:
+    """Whether a text holds a lone surrogate: JSON's "\\ud800" decodes to one, and no UTF-8
+    text, so neither database driver, can carry it (UnicodeEncodeError when it is bound)."""
+    if text.isascii():  # the common case, and the cheap one
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+LONE_SURROGATE = "contains a lone surrogate"
+
+
+def text_problem(text: str, max_length: int | None = None) -> tuple[str, str] | None:
+    """Why a client's text cannot be stored in a text column, as (sentence, detail), or None.
+
+    The one rule for every text bound to SQL: not longer than its column, no NUL character
+    (PostgreSQL refuses it in a text column), and encodable as UTF-8.
+    """
+    if max_length is not None and len(text) > max_length:
+        return f"is too long: at most {max_length} characters", (
+            f"longer than {max_length} characters"
+        )
+    if "\x00" in text:
+        return "must not contain NUL characters", "contains NUL"
+    if unencodable(text):
+        return "is not valid Unicode text", LONE_SURROGATE
+    return None
+
+
+def check_text(value: Any, field: str, max_length: int | None = None) -> Any:
+    """`value` when it is None or a text that can be stored; InvalidInput naming `field` when
+    it is not a string or `text_problem` objects to it."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"'{field}' must be a string.",
+            [detail(field, f"expected a string, got {json_type(value)}")],
+        )
+    problem = text_problem(value, max_length)
+    if problem is not None:
+        sentence, found = problem
+        raise InvalidInput(f"'{field}' {sentence}.", [detail(field, found)])
+    return value
 
 
 def parse_observation_id(body: dict[str, Any], field: str = "id") -> str | int:
@@ -82,16 +155,13 @@ def parse_observation_id(body: dict[str, Any], field: str = "id") -> str | int:
             f"'{field}' must be an integer or a string.",
             [detail(field, f"expected an integer or a string, got {json_type(value)}")],
         )
-    if isinstance(value, str) and not value.strip():
-        raise InvalidInput(f"'{field}' must not be empty.", [detail(field, "empty string")])
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidInput(f"'{field}' must not be empty.", [detail(field, "empty string")])
+        return check_text(value, field, MAX_ID_LENGTH)
     if len(str(value)) > MAX_ID_LENGTH:
         raise InvalidInput(
             f"'{field}' is too long.", [detail(field, f"longer than {MAX_ID_LENGTH} characters")]
-        )
-    if isinstance(value, str) and "\x00" in value:
-        # PostgreSQL cannot store a NUL character in a text column (a 500 otherwise).
-        raise InvalidInput(
-            f"'{field}' must not contain NUL characters.", [detail(field, "contains NUL")]
         )
     return value
 
@@ -132,4 +202,9 @@ def parse_update_body(raw: bytes) -> UpdateBody:
         raise InvalidInput(
             "'true_class' is required.", [detail("true_class", "required: a class label")]
         )
-    return UpdateBody(observation_id, body["true_class"])
+    true_class = body["true_class"]
+    if isinstance(true_class, str) and unencodable(true_class):
+        raise InvalidInput(
+            "'true_class' is not valid Unicode text.", [detail("true_class", LONE_SURROGATE)]
+        )
+    return UpdateBody(observation_id, true_class)

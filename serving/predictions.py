@@ -15,7 +15,7 @@ import peewee
 
 from serving.batching import MicroBatcher
 from serving.database import db, is_sqlite, run_with_retry, write_transaction
-from serving.errors import Conflict, ObservationNotFound, detail
+from serving.errors import Conflict, ObservationNotFound, Unavailable, detail
 from serving.payloads import id_key
 from serving.tables import Prediction, iso, utcnow
 
@@ -379,8 +379,10 @@ class Writer:
     """Group commit: concurrent `store` calls in one process share one transaction."""
 
     def __init__(self, max_batch: int, max_wait: float):
+        # A failed group is retried member by member, so one request's bad row fails only
+        # that request; an unreachable database fails them all at once, without retries.
         self._batcher: MicroBatcher[NewPrediction, Prediction | Conflict] = MicroBatcher(
-            store, max_batch=max_batch, max_wait=max_wait
+            store, max_batch=max_batch, max_wait=max_wait, shared_errors=(Unavailable,)
         )
 
     def store(self, batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
@@ -410,7 +412,7 @@ def record_truth(endpoint: str, observation_id: str | int, true_class: Any) -> P
     def work() -> Prediction | None:
         with write_transaction():
             updated = (
-                Prediction.update(true_class=canonical_json(true_class), updated_at=utcnow())
+                Prediction.update(true_class=canonical_json(true_class), updated_at=_update_time())
                 .where((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
                 .execute()
             )
@@ -424,6 +426,20 @@ def record_truth(endpoint: str, observation_id: str | int, true_class: Any) -> P
     if row is None:
         raise _not_found(observation_id)
     return row
+
+
+# PostgreSQL's clock when the UPDATE runs. A concurrent update of the same row waits for its
+# lock, and PostgreSQL then evaluates the new row again, so the time is read after the lock:
+# updated_at follows commit order. (now() would be the transaction's start, and a time taken
+# in Python before the statement could be older than the update that committed before it.)
+_DATABASE_NOW = peewee.SQL("(clock_timestamp() AT TIME ZONE 'UTC')")
+
+
+def _update_time() -> Any:
+    """When an update happens, read after its row lock, so the last commit has the latest."""
+    # SQLite's write transaction (IMMEDIATE, behind the write lock) already holds the lock
+    # here; its own clock has only milliseconds, so Python's serves.
+    return utcnow() if is_sqlite() else _DATABASE_NOW
 
 
 def _not_found(observation_id: str | int) -> ObservationNotFound:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from serving.errors import InvalidInput, detail
-from serving.payloads import NonFinite, json_type
+from serving.payloads import LONE_SURROGATE, NonFinite, json_type, unencodable
 
 NUMBER, INTEGER, BOOLEAN, STRING, CATEGORY = "number", "integer", "boolean", "string", "category"
 
@@ -103,6 +103,9 @@ def _problem(f: Field, value: Any) -> str | None:
     elif f.kind == STRING:
         if not isinstance(value, str):
             return f"expected a string, got {_shown(value)}"
+        # Stored, then read back by drift and the dashboard: it must be text UTF-8 can carry.
+        if unencodable(value):
+            return LONE_SURROGATE
     elif f.kind == CATEGORY and value not in (f.categories or ()):
         return f"expected one of {list(f.categories or ())}, got {_shown(value)}"
     return None
@@ -168,10 +171,16 @@ def _not_plain(f: Field, values: Sequence[Any]) -> list[int]:
     while the rules themselves stay in `_problem`.
     """
     none = type(None)
-    if f.kind in (NUMBER, STRING):
-        plain = {float if f.kind == NUMBER else str}
-        if f.nullable:
-            plain.add(none)
+    if f.kind == STRING:
+        # Only ASCII text is plain: any other may hold a lone surrogate, which `_problem` names.
+        nullable = f.nullable
+        return [
+            i
+            for i, v in enumerate(values)
+            if not ((type(v) is str and v.isascii()) or (v is None and nullable))
+        ]
+    if f.kind == NUMBER:
+        plain = {float, none} if f.nullable else {float}
         return [i for i, v in enumerate(values) if type(v) not in plain]
     if f.kind == INTEGER:
         low, high = integer_range(f.dtype)

@@ -61,7 +61,7 @@ def test_oversized_submission_goes_alone():
     assert batcher.submit(list(range(7))) == [i * 10 for i in range(7)]
 
 
-def test_an_error_reaches_every_caller_of_its_batch_and_no_other():
+def test_an_error_reaches_only_the_caller_whose_items_caused_it():
     recorder = Recorder(delay=0.05, fail_on=13)
     batcher = MicroBatcher(recorder, max_batch=64)
     gate = threading.Event()
@@ -80,9 +80,11 @@ def test_an_error_reaches_every_caller_of_its_batch_and_no_other():
         others = [pool.submit(call, i) for i in range(1, 30)]
         gate.set()
         results = [first.result()] + [f.result() for f in others]
-    failed_batch = next(b for b in recorder.batches if 13 in b)
+    # 13 met others in one batch, which failed; each was then processed alone, and only 13
+    # still failed (issue 14: a failure of one member never fails the others).
+    assert len(next(b for b in recorder.batches if 13 in b)) > 1
     for i, result in enumerate(results):
-        if i in failed_batch:
+        if i == 13:
             assert isinstance(result, ValueError)
         else:
             assert result == [i * 10]

@@ -2,20 +2,24 @@
 rows to store, and after `predictions.save` answer every row.
 
 Knows nothing of HTTP or files: the blueprint and the `flask score` command both call
-`route`, `prepare` and `Results.record`, with `predictions.save` (or nothing, with --no-log)
-in between.
+`route`, `prepare` and `Results.record`, with `save_apart` (`predictions.save`, a row the
+database refuses set apart; or nothing, with --no-log) in between.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import peewee
+
 from serving import metrics, routing
 from serving.batch.rows import Rows
-from serving.errors import ServiceError
+from serving.errors import InvalidInput, ServiceError, detail
 from serving.experiments import Experiments
 from serving.lifecycle import Lifecycle
 from serving.predictions import (
@@ -30,6 +34,8 @@ from serving.runtime import LoadedModel
 from serving.tables import Prediction, iso, utcnow
 
 OK = 200
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,10 +130,10 @@ class Results:
         """Store the scored rows in one transaction (unless not `log`) and record the outcome."""
         if self.new is None:
             raise RuntimeError("prepare() builds the rows to store")
-        return self.record(save(self.new) if log else None)
+        return self.record(save_apart(self.new) if log else None)
 
-    def record(self, outcomes: Sequence[int | Prediction | None] | None) -> Results:
-        """Take `predictions.save`'s outcomes for `new` (None: nothing was stored)."""
+    def record(self, outcomes: Sequence[int | Prediction | ServiceError | None] | None) -> Results:
+        """Take `save_apart`'s outcomes for `new` (None: nothing was stored)."""
         self.status = [OK] * len(self.ids)
         for i, error in self.errors.items():
             self.status[i] = error.status
@@ -136,7 +142,11 @@ class Results:
             return self
         seen: set[int] = set()
         for i, outcome in zip(self.positions, outcomes, strict=True):
-            if outcome is None:
+            if isinstance(outcome, ServiceError):
+                self.status[i] = outcome.status
+                self.errors[i] = outcome
+                self.warnings[i] = []
+            elif outcome is None:
                 self.status[i] = 409
                 self.errors[i] = conflict(self.ids[i])
                 self.warnings[i] = []
@@ -192,6 +202,53 @@ _PER_ROW = (
     "labels_json",
     "probabilities_json",
 )
+
+
+# What a database driver raises for one row's values (a text it cannot encode, a value too
+# long for its column): that row's fault, not the batch's. Anything else (the database is
+# down, a bug) still fails the whole batch.
+_ROW_ERRORS = (ValueError, peewee.DataError, peewee.IntegrityError)
+
+
+def save_apart(new: NewPredictions) -> list[int | Prediction | ServiceError | None]:
+    """`predictions.save`, except that a row the database refuses fails alone.
+
+    The batch is stored in one transaction as before; only if that fails for a row's values
+    is it split in halves, each stored on its own, down to the rows that fail, which are
+    answered with an error of their own: a few transactions for one bad row among thousands.
+    """
+    return _save_part(new, list(range(len(new))))
+
+
+def _save_part(
+    new: NewPredictions, positions: list[int]
+) -> list[int | Prediction | ServiceError | None]:
+    part = new if len(positions) == len(new) else _subset(new, positions)
+    try:
+        return list(save(part))
+    except _ROW_ERRORS as exc:
+        if len(positions) == 1:
+            logger.warning("batch row %r refused by the database: %s", part.observation_id[0], exc)
+            return [_refused()]
+    middle = len(positions) // 2
+    return _save_part(new, positions[:middle]) + _save_part(new, positions[middle:])
+
+
+def _subset(new: NewPredictions, positions: list[int]) -> NewPredictions:
+    """The rows of `new` at `positions`, in that order."""
+    return NewPredictions(
+        **{
+            f.name: [getattr(new, f.name)[i] for i in positions]
+            for f in dataclasses.fields(NewPredictions)
+        }
+    )
+
+
+def _refused() -> InvalidInput:
+    return InvalidInput(
+        "The database refused this row's values; nothing was stored for it.",
+        [detail("row", "refused by the database")],
+    )
 
 
 def prepare(endpoint: str, rows: Rows, groups: Sequence[Group]) -> Results:

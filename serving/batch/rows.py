@@ -238,7 +238,13 @@ def csv_rows(frame: pd.DataFrame, header: list[str], id_column: str = ID_COLUMN)
     # test mirrors payloads.parse_observation_id's rules: a rule added there belongs here too.
     longest = MAX_ID_LENGTH
     for i, text in enumerate(sent):
-        if text is None or len(text) > longest or not text.strip() or "\x00" in text:
+        if (
+            text is None
+            or len(text) > longest
+            or not text.strip()
+            or "\x00" in text
+            or not text.isascii()  # may not be encodable: `_key` looks closer
+        ):
             rows.keys[i] = _key({"id": text}, i, rows.errors)
     return rows
 

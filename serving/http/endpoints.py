@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from serving.errors import InvalidInput, NotFound, detail
+from serving.errors import NotFound, detail
 from serving.http.auth import require_admin
 from serving.http.context import body, lifecycle, registry
 from serving.lifecycle import check_status
-from serving.payloads import parse_object
+from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
 from serving.registry import version_order
 
 blueprint = Blueprint("endpoints", __name__, url_prefix="/api/v1")
@@ -80,21 +80,9 @@ def change_status(endpoint: str, version: str) -> dict[str, Any]:
         )
     payload = parse_object(body())
     status = check_status(payload.get("status"))
-    by = payload.get("by", "admin-api")
-    reason = payload.get("reason")
-    for field, value in (("by", by), ("reason", reason)):
-        if value is not None and not isinstance(value, str):
-            raise InvalidInput(f"'{field}' must be a string.", [detail(field, "expected a string")])
-        # PostgreSQL refuses a NUL character in a text column (a 500 otherwise).
-        if value is not None and "\x00" in value:
-            raise InvalidInput(
-                f"'{field}' must not contain NUL characters.", [detail(field, "contains NUL")]
-            )
     # The history's column holds 200 characters: PostgreSQL refuses more (a 500 otherwise).
-    if by is not None and len(by) > 200:
-        raise InvalidInput(
-            "'by' must be at most 200 characters.", [detail("by", "longer than 200 characters")]
-        )
+    by = check_text(payload.get("by", "admin-api"), "by", MAX_BY_LENGTH)
+    reason = check_text(payload.get("reason"), "reason")
     changes = lifecycle().change(endpoint, version, status, by or "admin-api", reason)
     return {
         "endpoint": endpoint,

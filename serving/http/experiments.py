@@ -6,10 +6,9 @@ from typing import Any
 
 from flask import Blueprint
 
-from serving.errors import InvalidInput, detail
 from serving.http.auth import require_admin
 from serving.http.context import body, experiments, registry, shadows
-from serving.payloads import parse_object
+from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
 
 blueprint = Blueprint("experiments", __name__, url_prefix="/api/v1/<endpoint>")
 
@@ -101,11 +100,5 @@ def _optional_object() -> dict[str, Any]:
 
 
 def _text(payload: dict[str, Any], field: str) -> str | None:
-    value = payload.get(field)
-    # NUL: PostgreSQL cannot store it in a text column (a 500 otherwise).
-    if value is not None and (not isinstance(value, str) or len(value) > 200 or "\x00" in value):
-        raise InvalidInput(
-            f"'{field}' must be a string of at most 200 characters, without NUL characters.",
-            [detail(field, "expected a short string without NUL characters")],
-        )
-    return value
+    # Names and `by` fill 200-character columns; reasons are held to the same length.
+    return check_text(payload.get(field), field, MAX_BY_LENGTH)
