@@ -3,10 +3,13 @@
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
-from serving import metrics
+from gunicorn import glogging
+
+from serving import logs, metrics
 from serving.config import Settings
 
 _settings = Settings.from_env()
@@ -25,7 +28,20 @@ if _settings.metrics_dir is None or str(_settings.metrics_dir) == _kept:
     raw_env = [f"METRICS_DIR={_temporary_metrics_dir}"]
 _metrics_dir: Path = _settings.metrics_dir or _temporary_metrics_dir  # type: ignore[assignment]
 
-bind = f"0.0.0.0:{_settings.port}"
+
+def _dual_stack() -> bool:
+    # "[::]" takes IPv4 too (as ::ffff:a.b.c.d) unless the kernel says v6only; a host or
+    # container without IPv6 cannot bind it at all, and then IPv4 alone it is.
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::", 0))
+            return probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    except OSError:
+        return False
+
+
+# IPv6 and IPv4 on one socket: Railway's private network is IPv6 only.
+bind = f"[::]:{_settings.port}" if _dual_stack() else f"0.0.0.0:{_settings.port}"
 workers = _settings.web_concurrency
 # Threads let one worker hold many requests in flight while others wait on the database.
 worker_class = "gthread"
@@ -40,6 +56,22 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's own lines (boot, worker exits, timeouts) as JSON on stdout, through the
+    app's handler, so one stream holds every line. gunicorn's access log stays off: the app
+    writes one line per request already (and logconfig_dict would switch it on)."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for handler in list(self.error_log.handlers):
+            self.error_log.removeHandler(handler)
+        self.error_log.addHandler(logs.StdoutHandler())
+        self.error_log.propagate = False
+
+
+logger_class = JsonLogger
 
 
 def on_starting(server) -> None:

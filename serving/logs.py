@@ -1,13 +1,21 @@
-"""Structured logging: one JSON object per line on stdout, and one line per request."""
+"""Structured logging: one JSON object per line on stdout, and one line per request.
+
+Every request has an id: the caller's `X-Request-ID` when it is a plain token (letters,
+digits and `._:-`, at most 128), else a new random one. It is sent back in the response's
+`X-Request-ID` header and appears as `request_id` on every log line written while the request
+is handled, so one grep finds a request across the app's lines and a proxy's."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
+import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -18,8 +26,22 @@ from serving import metrics
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's id is echoed into headers and logs: only a plain token is taken as it is.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def request_id_from(sent: str | None) -> str:
+    """The id of a request: the caller's when it is a plain token, else a new random one."""
+    if sent and _PLAIN_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
 class JsonFormatter(logging.Formatter):
-    """Render a record as one JSON line, keeping fields passed through `extra`."""
+    """Render a record as one JSON line, keeping fields passed through `extra` and the id of
+    the request being handled, if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -29,6 +51,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = _request_id.get()
+        if request_id is not None:
+            line["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _STANDARD:
                 line[key] = value
@@ -91,9 +116,18 @@ def init_app(app: Flask) -> None:
     """Time each request, count it (serving.metrics) and log it when its response is ready."""
     count_request = metrics.init_app(app)
 
-    @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        _request_id.set(g.request_id)
+
+    # First of all before_request functions: a request another one refuses is timed and
+    # carries its id too.
+    app.before_request_funcs.setdefault(None, []).insert(0, start_timer)
+
+    @app.teardown_request
+    def forget_request_id(_error: BaseException | None) -> None:
+        _request_id.set(None)
 
     @app.after_request
     def log_request(response: Response) -> Response:
@@ -111,4 +145,5 @@ def init_app(app: Flask) -> None:
         fields.update(g.get("log_fields", {}))
         count_request(request, response.status_code, fields, elapsed)
         request_logger.info("request", extra=fields)
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id") or request_id_from(None)
         return response
