@@ -80,6 +80,12 @@ class Settings:
     max_body_bytes: int = 1_000_000
     # A batch of MAX_BATCH_ROWS rows is far larger than one observation.
     max_batch_body_bytes: int = 16_000_000
+    # Most columns in a /predict/batch CSV (413 beyond): a model reads tens of columns, and
+    # each column costs the parser time whatever its rows hold.
+    max_batch_columns: int = 1_000
+    # CPU seconds (of the request's own thread) a /predict/batch request may spend reading,
+    # checking and scoring before it stores anything; past it: 413, nothing stored. 0: no limit.
+    batch_cpu_seconds: float = 20.0
     log_level: str = "INFO"
     web_concurrency: int = 2
     threads: int = 16
@@ -118,6 +124,8 @@ class Settings:
             max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
             max_batch_body_bytes=_int(env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes),
+            max_batch_columns=_int(env, "MAX_BATCH_COLUMNS", defaults.max_batch_columns),
+            batch_cpu_seconds=_float(env, "BATCH_CPU_SECONDS", defaults.batch_cpu_seconds),
             log_level=(env.get("LOG_LEVEL", "").strip() or defaults.log_level).upper(),
             web_concurrency=_int(env, "WEB_CONCURRENCY", defaults.web_concurrency),
             threads=_int(env, "THREADS", defaults.threads),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,13 +251,21 @@ def _refused() -> InvalidInput:
     )
 
 
-def prepare(endpoint: str, rows: Rows, groups: Sequence[Group]) -> Results:
-    """Check and score every group's rows with its model; build the rows to store."""
+def prepare(
+    endpoint: str,
+    rows: Rows,
+    groups: Sequence[Group],
+    check: Callable[[str], None] | None = None,
+) -> Results:
+    """Check and score every group's rows with its model; build the rows to store. `check`
+    is called after each group is checked and after it is scored (a CPU budget)."""
     results = Results.empty(endpoint, rows)
     results.batch_warnings = rows.ignored([group.route.model.schema for group in groups])
     for group in groups:
         model = group.route.model
         checked = rows.check(model.schema, group.positions, model.rejects_surprises)
+        if check is not None:
+            check(f"checking the rows of version {model.version}")
         for local, error in checked.errors.items():
             results.errors[group.positions[local]] = error
         for local, found in enumerate(checked.warnings):
@@ -272,6 +280,8 @@ def prepare(endpoint: str, rows: Rows, groups: Sequence[Group]) -> Results:
         }
         targets = group.positions if whole else [group.positions[j] for j in valid]
         _score(results, model, group.route, columns, targets)
+        if check is not None:
+            check(f"scoring the rows of version {model.version}")
         results.positions.extend(targets)
     results.positions.sort()
     stamp = utcnow()

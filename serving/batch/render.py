@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import string
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from serving import predictions
 from serving.batch.core import OK, Results
@@ -54,6 +57,22 @@ def row_json(results: Results, i: int) -> dict[str, Any]:
     return answer
 
 
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP, "CSV
+# Injection"), full-width forms included since some spreadsheets read them too.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# A cell that is exactly a number is read as that number, never run: left as it is, so the
+# id -5 and a regression's -3.2 come back as sent.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def safe_cell(text: str) -> str:
+    """`text` as a CSV cell no spreadsheet runs: a single quote before a formula's first
+    character, as OWASP advises; text that is exactly a number stays as it is."""
+    if text.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
 def csv_columns(models: Iterable[LoadedModel], id_column: str = "id") -> list[str]:
     """The output columns: the id, status, version, proba, label, one `proba_<class>` per
     class of any multi-class model given, then warnings and errors."""
@@ -89,27 +108,46 @@ def csv_text(results: Results, columns: list[str], header: bool = False) -> str:
     # Built a column at a time and written in one call: per-row Python is the slow part.
     n = len(results)
     answered = [status == OK for status in results.status]
-    ids = ["" if sent is None else sent for sent in results.ids]
-    versions = [v if ok else "" for v, ok in zip(results.versions, answered, strict=True)]
+    # Ids, labels, versions, warnings and errors may carry a client's text: each goes through
+    # safe_cell. Probabilities are ours, repr of floats in [0, 1], and need nothing.
+    ids = ["" if sent is None else safe_cell(str(sent)) for sent in results.ids]
+    versions = [
+        safe_cell(v) if ok and v else "" for v, ok in zip(results.versions, answered, strict=True)
+    ]
     proba = ["" if p is None else repr(p) for p in results.proba]
     labels = [
-        _label(label, spelled) if ok else ""
+        safe_cell(_label(label, spelled)) if ok else ""
         for label, spelled, ok in zip(results.labels, results.labels_json, answered, strict=True)
     ]
     by_class = [
         ["" if p is None or c not in p else repr(p[c]) for p in results.probabilities]
         for c in classes
     ]
-    warnings = [pairs(w) if w else "" for w in results.warnings]
+    warnings = [safe_cell(pairs(w)) if w else "" for w in results.warnings]
     errors, details = [""] * n, [""] * n
     for i, error in results.errors.items():
-        errors[i], details[i] = error.message, pairs(error.details)
+        errors[i], details[i] = safe_cell(error.message), safe_cell(pairs(error.details))
         proba[i] = ""
         for column in by_class:
             column[i] = ""
     writer = csv.writer(buffer, lineterminator="\n")
     columns_out = [ids, results.status, versions, proba, labels, *by_class]
-    writer.writerows(zip(*columns_out, warnings, errors, details, strict=True))
+    lines = zip(*columns_out, warnings, errors, details, strict=True)
+    # The csv module quotes a field holding "\n" but not one holding a lone "\r" (not in
+    # our line end), which readers then take for a line end: such rows are written with
+    # every field quoted.
+    with_cr = {
+        i
+        for column in (ids, labels, warnings, errors, details)
+        for i, t in enumerate(column)
+        if "\r" in t
+    }
+    if not with_cr:
+        writer.writerows(lines)
+        return buffer.getvalue()
+    quoting = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for i, line in enumerate(lines):
+        (quoting if i in with_cr else writer).writerow(line)
     return buffer.getvalue()
 
 
@@ -125,3 +163,24 @@ def _label(label: Any, spelled: str | None) -> str:
 def pairs(details: list[dict[str, str]]) -> str:
     """Details as one line of text: `field: problem; field: problem`."""
     return "; ".join(f"{d['field']}: {d['problem']}" for d in details)
+
+
+# Header values are Latin-1 on the wire and may not hold line ends: client text such as a
+# CSV column name goes there percent-encoded (UTF-8), printable ASCII but `%` as it is.
+_HEADER_SAFE = "".join(c for c in string.printable if c not in "%\t\n\r\x0b\x0c")
+# Past this many characters a header is cut: clients and proxies refuse long ones, and the
+# JSON answer lists every warning.
+MAX_HEADER_CHARS = 4000
+
+
+def header_value(details: list[dict[str, str]]) -> str:
+    """Details as one response header value: `pairs` percent-encoded, at most
+    MAX_HEADER_CHARS characters (then `; ... N more`). Always ASCII: it cannot fail to send."""
+    text = ""
+    for shown, item in enumerate(details):
+        part = quote(pairs([item]), safe=_HEADER_SAFE)
+        more = len(details) - shown
+        if len(text) + len(part) + 2 > MAX_HEADER_CHARS - len(f"; ... {more} more"):
+            return f"{text}; ... {more} more" if text else f"... {more} more"
+        text = f"{text}; {part}" if text else part
+    return text

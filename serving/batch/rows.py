@@ -10,7 +10,8 @@ import csv
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,8 @@ class CsvRows(Rows):
 
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     id_column: str = ID_COLUMN
+    # Every column the CSV has, in order, including those dropped from `frame` unread.
+    header: list[str] = field(default_factory=list)
 
     def check(self, schema: InputSchema, positions: list[int], reject_surprises: bool) -> Checked:
         """Validate the rows at `positions`; a column the model needs and the CSV lacks fails
@@ -97,7 +100,7 @@ class CsvRows(Rows):
         read = {name for schema in schemas for name in schema.by_name}
         return [
             detail(name, "unknown column, ignored")
-            for name in self.frame.columns
+            for name in self.header or list(self.frame.columns)
             if name != self.id_column and name not in read
         ]
 
@@ -147,13 +150,26 @@ def from_json(raw: bytes, limit: int) -> JsonRows:
     return rows
 
 
-def from_csv(raw: bytes, limit: int, id_column: str = ID_COLUMN) -> CsvRows:
-    """Rows from a whole CSV file in memory: a header line, then one row per record."""
+def from_csv(
+    raw: bytes,
+    limit: int,
+    id_column: str = ID_COLUMN,
+    max_columns: int | None = None,
+    keep: set[str] | None = None,
+    check: Callable[[str], None] | None = None,
+) -> CsvRows:
+    """Rows from a whole CSV file in memory: a header line, then one row per record.
+
+    More than `max_columns` columns is 413 before any record is read. Columns outside `keep`
+    (the id aside) are dropped as soon as the records are read; `check` is called between
+    the stages (a CPU budget)."""
     head, body = split_header(raw)
-    header = parse_header(head)
+    header = parse_header(head, max_columns)
     frame = read_frame(head, body, header, nrows=limit + 1)
+    if check is not None:
+        check("reading the CSV")
     check_size(len(frame), limit)
-    return csv_rows(frame, header, id_column)
+    return csv_rows(frame, header, id_column, keep)
 
 
 def split_header(raw: bytes) -> tuple[bytes, bytes]:
@@ -169,18 +185,22 @@ def split_header(raw: bytes) -> tuple[bytes, bytes]:
 def record_end(data: bytes, start: int) -> int | None:
     """Where the CSV record starting at `start` ends (after its line end), or None when the
     data ends first. A line end inside quotes belongs to the field."""
-    position = start
+    # Quotes are counted once each, from the last line end on: a record of many quoted line
+    # ends stays linear in its length.
+    position, quotes = start, 0
     while True:
         newline = data.find(b"\n", position)
         if newline < 0:
             return None
-        if data.count(b'"', start, newline) % 2 == 0:
+        quotes += data.count(b'"', position, newline)
+        if quotes % 2 == 0:
             return newline + 1
         position = newline + 1
 
 
-def parse_header(head: bytes) -> list[str]:
-    """The column names; an empty or repeated name is an error naming it."""
+def parse_header(head: bytes, max_columns: int | None = None) -> list[str]:
+    """The column names; an empty or repeated name is an error naming it, more than
+    `max_columns` names is 413. Linear in the header's length, however many names."""
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -192,7 +212,13 @@ def parse_header(head: bytes) -> list[str]:
     if not header:
         raise BadRequest("The CSV is empty; send a header line and one row per observation.")
     names = [name.strip() for name in header]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    if max_columns is not None and len(names) > max_columns:
+        raise PayloadTooLarge(
+            f"The CSV has {len(names)} columns, more than {max_columns} (MAX_BATCH_COLUMNS); "
+            "send the id and the columns the model reads.",
+            [detail("columns", f"at most {max_columns}")],
+        )
+    repeated = sorted(name for name, seen in Counter(names).items() if seen > 1)
     if repeated or "" in names:
         problems = [detail(name, "repeated column") for name in repeated]
         if "" in names:
@@ -225,15 +251,28 @@ def read_frame(
     return frame
 
 
-def csv_rows(frame: pd.DataFrame, header: list[str], id_column: str = ID_COLUMN) -> CsvRows:
-    """CSV rows with their ids; the id column must exist."""
+def csv_rows(
+    frame: pd.DataFrame,
+    header: list[str],
+    id_column: str = ID_COLUMN,
+    keep: set[str] | None = None,
+) -> CsvRows:
+    """CSV rows with their ids; the id column must exist. Columns outside `keep` (when
+    given) are dropped from the frame, which then costs nothing more per unknown column;
+    they are still warned about as ignored."""
     if id_column not in header:
         raise InvalidInput(
             f"The CSV has no {id_column!r} column; every row needs an id.",
             [detail(id_column, "missing column")],
         )
+    if keep is not None:
+        wanted = [name for name in header if name == id_column or name in keep]
+        if len(wanted) < len(header):
+            frame = frame[wanted]
     sent = [value if type(value) is str else None for value in frame[id_column].tolist()]
-    rows = CsvRows(ids=sent, keys=list(sent), errors={}, frame=frame, id_column=id_column)
+    rows = CsvRows(
+        ids=sent, keys=list(sent), errors={}, frame=frame, id_column=id_column, header=header
+    )
     # A text id is its own key; only the unusual ones need `_key` to say what is wrong. The
     # test mirrors payloads.parse_observation_id's rules: a rule added there belongs here too.
     longest = MAX_ID_LENGTH

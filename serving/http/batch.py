@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from serving.batch import core, render, rows
-from serving.errors import BadRequest, PayloadTooLarge, detail
+from serving.batch.budget import CpuBudget
+from serving.errors import BadRequest
+from serving.http import bodies
 from serving.http.context import annotate, experiments, lifecycle, registry, shadows
 
 blueprint = Blueprint("batch", __name__)
@@ -26,13 +27,22 @@ def predict_batch_default() -> Response | tuple[dict[str, Any], int]:
 def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
     """Score and store every valid row of a batch; one answer per row, in input order."""
     settings = current_app.config["SETTINGS"]
+    budget = CpuBudget(settings.batch_cpu_seconds)
     versions = registry().endpoint(endpoint)
     raw, is_csv = _body(settings.max_batch_body_bytes)
-    batch = (
-        rows.from_csv(raw, settings.max_batch_rows)
-        if is_csv
-        else _json_rows(raw, settings.max_batch_rows)
-    )
+    if is_csv:
+        # Columns no version of the endpoint reads are dropped as soon as they are read.
+        read = {name for model in versions.values() for name in model.schema.by_name}
+        batch: rows.Rows = rows.from_csv(
+            raw,
+            settings.max_batch_rows,
+            max_columns=settings.max_batch_columns,
+            keep=read,
+            check=budget.check,
+        )
+    else:
+        batch = _json_rows(raw, settings.max_batch_rows)
+    budget.check("reading the batch")
     annotate(endpoint=endpoint, rows=len(batch))
     groups = core.route(
         registry(),
@@ -43,42 +53,42 @@ def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
         version=request.args.get("version"),
         status=request.args.get("status"),
     )
-    results = core.prepare(endpoint, batch, groups).store()
+    budget.check("routing")
+    prepared = core.prepare(endpoint, batch, groups, check=budget.check)
+    # Whatever carries client text is rendered before anything is stored: if it fails, the
+    # answer is an error and nothing was stored.
+    wants_csv = _wants_csv()
+    warnings_header = (
+        render.header_value(prepared.batch_warnings)
+        if wants_csv and prepared.batch_warnings
+        else None
+    )
+    budget.check("preparing the rows to store")
+    results = prepared.store()
     core.count(results, versions)
     shadows().score_many(endpoint, lambda model: core.shadow_scores(model, batch, results))
     annotate(model_version=",".join(sorted({g.route.model.version for g in groups})) or None)
     counts = results.counts()
-    if _wants_csv():
+    if wants_csv:
         text = render.csv_text(results, render.csv_columns(versions.values()), header=True)
         headers = {f"X-Batch-{name.capitalize()}": str(n) for name, n in counts.items()}
-        if results.batch_warnings:
-            headers["X-Batch-Warnings"] = render.pairs(results.batch_warnings)
+        if warnings_header is not None:
+            headers["X-Batch-Warnings"] = warnings_header
         return Response(text, mimetype="text/csv", headers=headers)
     return render.to_json(results), 200
 
 
 def _body(limit: int) -> tuple[bytes, bool]:
     """The batch's bytes, and whether they are CSV: a text/csv body or a multipart upload
-    (JSON when the file says so); any other body is read as JSON."""
-    too_large = PayloadTooLarge(
-        f"The request body is larger than the batch limit of {limit} bytes "
-        "(MAX_BATCH_BODY_BYTES); split the batch, or score the file with `flask score`.",
-        [detail("body", f"at most {limit} bytes")],
-    )
-    # Werkzeug refuses a larger body (by its Content-Length, or as it streams) with 413.
-    request.max_content_length = limit
-    try:
-        if request.mimetype == "multipart/form-data":
-            upload = request.files.get("file") or next(iter(request.files.values()), None)
-            if upload is None:
-                raise BadRequest("The multipart body has no file; send the CSV as field 'file'.")
-            is_json = upload.mimetype == "application/json" or (
-                upload.filename or ""
-            ).lower().endswith(".json")
-            return upload.read(), not is_json
-        return request.get_data(cache=False), request.mimetype in CSV_TYPES
-    except RequestEntityTooLarge as exc:
-        raise too_large from exc
+    (JSON when the file says so); any other body is read as JSON. Over `limit` bytes,
+    however framed, is 413 before anything is parsed."""
+    advice = " Split the batch, or score the file with `flask score`."
+    raw = bodies.read(limit, "MAX_BATCH_BODY_BYTES", advice)
+    if request.mimetype == "multipart/form-data":
+        upload = bodies.upload(raw)
+        is_json = upload.mimetype == "application/json" or upload.filename.lower().endswith(".json")
+        return upload.data, not is_json
+    return raw, request.mimetype in CSV_TYPES
 
 
 def _json_rows(raw: bytes, limit: int) -> rows.JsonRows:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from flask import current_app, g
 
 from serving.experiments import Experiments
+from serving.http import bodies
 from serving.lifecycle import Lifecycle
 from serving.predictions import Writer
 from serving.registry import Registry
@@ -43,8 +44,9 @@ def writer() -> Writer:
 
 
 def body() -> bytes:
-    """The raw body; read whatever the Content-Type says, since curl users forget it."""
-    return request.get_data(cache=False)
+    """The raw body, at most MAX_BODY_BYTES however it is framed (413 beyond); read whatever
+    the Content-Type says, since curl users forget it."""
+    return bodies.read(current_app.config["SETTINGS"].max_body_bytes, "MAX_BODY_BYTES")
 
 
 def annotate(**fields: object) -> None:

@@ -330,8 +330,10 @@ ERRORS: dict[int, tuple[str, str]] = {
     ),
     413: (
         "PayloadTooLarge",
-        "The body is larger than MAX_BODY_BYTES (batches: "
-        "MAX_BATCH_BODY_BYTES), or the batch has more than MAX_BATCH_ROWS rows.",
+        "The body is larger than MAX_BODY_BYTES (batches: MAX_BATCH_BODY_BYTES), "
+        "however it is framed; or the batch has more than MAX_BATCH_ROWS rows or "
+        "MAX_BATCH_COLUMNS CSV columns, or needed more than BATCH_CPU_SECONDS of CPU "
+        "before it could be stored. Nothing was stored.",
     ),
     422: (
         "InvalidInput",
