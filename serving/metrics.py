@@ -274,21 +274,92 @@ class _ModelInfo:
         yield broken
 
 
+# The routes a loaded version answers predictions and ground truth on; the default endpoint
+# also answers on the tutorial's own paths.
+_MODEL_ROUTES = ("/api/v1/<endpoint>/predict", "/api/v1/<endpoint>/update")
+_DEFAULT_ROUTES = ("/predict", "/update")
+_zeros_declared_in: int | None = None  # the pid that declared them (a fork must again)
+
+
+def declare_zero_series(registry: Registry) -> None:
+    """Make, at 0, the series every loaded version will count into: its predictions by
+    label, and its answered (200) predict and update requests. A series that first appears
+    at 1 loses that first count to Prometheus' increase() and rate(); once per process."""
+    global _zeros_declared_in
+    if _zeros_declared_in == os.getpid():
+        return
+    instruments = _built()
+    for endpoint, versions in registry.models.items():
+        routes = _MODEL_ROUTES + (_DEFAULT_ROUTES if endpoint == registry.default_endpoint else ())
+        for version, model in versions.items():
+            for label in model.classes or [None]:
+                _prediction_child(endpoint, version, label_text(label))
+            for route in routes:
+                values = (route, "POST", endpoint, version, "200")
+                instruments.requests.labels(*values)
+                instruments.latency.labels(*values)
+    _zeros_declared_in = os.getpid()
+
+
+def _process_ids() -> list[int]:
+    """The gunicorn master and its live workers (whose parent it is), read from /proc."""
+    master = os.getppid()
+    pids = [master]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        # "pid (command) state ppid ...": the command may hold spaces and parentheses.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+            pids.append(int(entry.name))
+    return pids
+
+
+class _Processes:
+    """process_* metrics (CPU, memory, file descriptors, start time) of the gunicorn master
+    and of every live worker, labelled by pid. prometheus_client's own process collector
+    reads only the process it runs in, and multiprocess mode drops it altogether."""
+
+    def collect(self) -> Any:
+        from prometheus_client import ProcessCollector
+        from prometheus_client.core import Metric
+
+        merged: dict[str, Metric] = {}
+        for pid in _process_ids():
+            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            for family in collector.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    into.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from merged.values()
+
+
 def exposition(app: Flask, accept: str | None) -> tuple[bytes, str]:
     """The metrics in the format `accept` asks for (Prometheus text by default): every
-    worker's counts, and the models this process serves. Returns the body and content type."""
+    worker's counts, every gunicorn process's CPU and memory, and the models this process
+    serves. Returns the body and content type."""
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    _built()
+    registry = app.extensions["registry"]
+    declare_zero_series(registry)
     collected = CollectorRegistry()
     directory = app.config["SETTINGS"].metrics_dir
     if directory is not None:
         MultiProcessCollector(collected, path=str(directory))
+        collected.register(_Processes())
     else:
+        # One process: the default registry has its process_* metrics already.
         collected.register(REGISTRY)
-    collected.register(_ModelInfo(app.extensions["registry"]))
+    collected.register(_ModelInfo(registry))
     encode, content_type = choose_encoder(accept or "")
     return encode(collected), content_type
 

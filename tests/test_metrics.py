@@ -381,7 +381,7 @@ def test_without_metrics_dir_gunicorn_counts_in_a_temporary_directory(database_u
     with gunicorn(database_url, tmp_path, workers=2, env=env) as server:
         send(server.url, range(30))
         assert_counted(server.url, 30)
-        found = re.search(r"metrics directory (\S+)", server.log())
+        found = re.search(r"metrics directory ([^\s\"]+)", server.log())
         assert found, server.log()
         directory = Path(found.group(1))
         assert counted_pids(directory)
@@ -394,3 +394,47 @@ def test_without_metrics_dir_gunicorn_counts_in_a_temporary_directory(database_u
         send(server.url, range(30, 40))
         assert_counted(server.url, 40)
     assert not directory.exists()  # removed when gunicorn exited, reloaded or not
+
+
+def samples_of(url: str) -> Samples:
+    """One scrape, as Prometheus takes it."""
+    response = requests.get(f"{url}/metrics", timeout=30)
+    assert response.status_code == 200
+    return parse(response.text)
+
+
+def increase(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """What Prometheus' increase() gives between two scrapes: growth of series that exist in
+    both (a series first seen at n contributes nothing for its first n)."""
+    wanted = set(labels.items())
+    return sum(
+        v - before[key]
+        for key, v in after.items()
+        if key[0] == name and wanted <= key[1] and key in before
+    )
+
+
+@pytest.mark.e2e
+def test_increase_between_scrapes_counts_every_request(database_url, tmp_path):
+    with gunicorn(database_url, tmp_path, workers=2) as server:
+        master = server.process.pid
+        workers = wait_for_workers(master, 2)
+        before = samples_of(server.url)
+        # Before any traffic, the series traffic will count into already exist, at 0.
+        for label in ("0", "1"):
+            key = ("serving_predictions_total", frozenset(
+                {"endpoint": "default", "version": "1", "label": label}.items()
+            ))  # fmt: skip
+            assert before[key] == 0
+        assert before[("serving_http_requests_total", frozenset(PREDICT.items()))] == 0
+        send(server.url, range(45))
+        after = samples_of(server.url)
+    assert increase(before, after, "serving_predictions_total", endpoint="default") == 45
+    assert increase(before, after, "serving_http_requests_total", **PREDICT) == 45
+    # process_* metrics for the master and for every worker, whichever worker answered.
+    cpu = {
+        int(dict(labels)["pid"]) for (name, labels) in after if name == "process_cpu_seconds_total"
+    }
+    assert cpu == {master, *workers}
+    memory = [v for (name, _), v in after.items() if name == "process_resident_memory_bytes"]
+    assert len(memory) == 3 and all(v > 10_000_000 for v in memory)
