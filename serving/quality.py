@@ -173,12 +173,10 @@ def measure(model: LoadedModel, rows: Rows) -> Measurement:
     return result
 
 
-def truth_problem(model: LoadedModel, truth: Any) -> InvalidInput | None:
-    """Why a regression's ground truth is refused, or None: beyond TARGET_RANGE_SLACK widths
-    of model.json's `target_range` when it has one, and beyond MEASURABLE in any case, so
-    that one absurd value cannot poison every report that includes its row."""
-    if model.task != "regression" or not isinstance(truth, int | float):
-        return None
+def truth_bounds(model: LoadedModel) -> tuple[float, float, str]:
+    """The ground truths a regression accepts, [low, high], and a phrase saying so: within
+    TARGET_RANGE_SLACK widths of model.json's `target_range` when it has one, and within
+    MEASURABLE in any case, so that one absurd value cannot poison every report."""
     low, high, why = -MEASURABLE, MEASURABLE, f"at most {MEASURABLE:g} in magnitude"
     declared = model.metadata.get("target_range")
     if isinstance(declared, dict) and {"min", "max"} <= declared.keys():
@@ -190,6 +188,14 @@ def truth_problem(model: LoadedModel, truth: Any) -> InvalidInput | None:
             f"within {TARGET_RANGE_SLACK:g} widths of the model's target_range "
             f"[{lowest:g}, {highest:g}], i.e. [{low:g}, {high:g}]"
         )
+    return low, high, why
+
+
+def truth_problem(model: LoadedModel, truth: Any) -> InvalidInput | None:
+    """Why a regression's ground truth is refused (outside `truth_bounds`), or None."""
+    if model.task != "regression" or not isinstance(truth, int | float):
+        return None
+    low, high, why = truth_bounds(model)
     if low <= truth <= high:
         return None
     return InvalidInput(

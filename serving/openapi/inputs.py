@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from serving import quality
 from serving.openapi.components import array, ref
 from serving.registry import version_order
 from serving.runtime import LoadedModel
@@ -121,9 +122,14 @@ def truth_schema(models: Iterable[LoadedModel]) -> dict[str, Any]:
     regression."""
     labels: list[Any] = []
     regression = False
+    # A regression's truth must lie within every version's bounds: the stored row's version
+    # checks it, and any version may have answered.
+    low, high = -quality.MEASURABLE, quality.MEASURABLE
     for model in models:
         if not model.classes:
             regression = True
+            lowest, highest, _ = quality.truth_bounds(model)
+            low, high = max(low, lowest), min(high, highest)
         for label in model.classes:
             for value in (label, str(label)):
                 # JSON Schema tells 1 from "1" (and from true), so compare types too.
@@ -133,7 +139,7 @@ def truth_schema(models: Iterable[LoadedModel]) -> dict[str, Any]:
     if labels:
         choices.append({"enum": labels})
     if regression:
-        choices.append({"type": "number"})
+        choices.append({"type": "number", "minimum": low, "maximum": high})
     schema = choices[0] if len(choices) == 1 else {"anyOf": choices}
     return {**schema, "description": "The true class of the stored prediction (or value)."}
 
@@ -202,6 +208,9 @@ GENERIC_OBSERVATION = {
 }
 GENERIC_TRUTH = {
     "type": ["string", "number"],
+    # Numbers beyond these are refused by every model (serving/quality.py, MEASURABLE).
+    "minimum": -quality.MEASURABLE,
+    "maximum": quality.MEASURABLE,
     "description": "One of the model's classes (or its text); a number for a regression.",
 }
 
