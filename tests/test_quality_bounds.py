@@ -154,3 +154,12 @@ def test_an_estimate_that_is_not_finite_becomes_null_with_a_reason():
     }
     assert Estimate(3.0, float("-inf"), float("nan")).finite() == Estimate(3.0)
     assert Estimate(3.0, 2.0, 4.0).finite() == Estimate(3.0, 2.0, 4.0)
+
+
+def test_the_document_gives_each_regression_its_truth_bounds(client):
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    heights = schemas["heights.UpdateRequest"]["properties"]["true_class"]
+    assert (heights["minimum"], heights["maximum"]) == (-1e100, 1e100)
+    # [-5, 10] widened by 100 widths of 15 either side.
+    ranged = schemas["ranged.UpdateRequest"]["properties"]["true_class"]
+    assert (ranged["minimum"], ranged["maximum"]) == (-1505.0, 1510.0)
