@@ -219,3 +219,52 @@ def test_the_document_lists_client_auth_only_when_it_is_on(secured, client):
         assert "security" not in off["paths"][path]["post"]
         assert "401" not in off["paths"][path]["post"]["responses"]
     assert "observation" not in on["components"]["schemas"]["Updated"]["required"]
+
+
+# Under gunicorn: every worker refuses a revoked key within STATUS_REFRESH_SECONDS.
+
+
+def test_revocation_reaches_every_gunicorn_worker_within_the_refresh(
+    database_url: str, tmp_path: Path
+):
+    import requests
+
+    from tests.live import gunicorn
+
+    refresh = 1.0
+    env = {
+        "PREDICT_AUTH": "on",
+        "STATUS_REFRESH_SECONDS": str(refresh),
+        "MODELS_DIR": str(tmp_path / "no-more-models"),
+        "LOG_LEVEL": "WARNING",
+    }
+    with gunicorn(database_url, tmp_path, workers=2, env=env) as server:
+        tools = make_app(database_url, tmp_path / "no-more-models")
+        with tools.app_context():
+            key = clients.create_key("erin", "test")
+
+        def statuses(first: int) -> list[int]:
+            # A new connection per request, so both workers answer some of them.
+            return [
+                requests.post(
+                    f"{server.url}/predict",
+                    data=json.dumps({"id": f"g{first + i}", "observation": PASSENGER}),
+                    headers={**bearer(key), "Connection": "close"},
+                    timeout=30,
+                ).status_code
+                for i in range(16)
+            ]
+
+        assert set(statuses(0)) == {200}
+        with tools.app_context():
+            clients.revoke_key("erin")
+        revoked_at = time.monotonic()
+        time.sleep(refresh + 0.2)
+        assert set(statuses(100)) == {403}
+        assert time.monotonic() - revoked_at < refresh + 5
+        anonymous = requests.post(f"{server.url}/predict", data="{}", timeout=30)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["WWW-Authenticate"] == "Bearer"
+    from serving.database import close_all
+
+    close_all()
