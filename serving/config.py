@@ -91,6 +91,14 @@ class Settings:
     threads: int = 16
     db_pool_size: int = 16
     db_pool_wait_seconds: float = 10.0
+    # PostgreSQL: the longest one statement of a request may run, so a stuck database turns
+    # into a 503 instead of a hung request. 0: no limit.
+    db_statement_timeout_ms: int = 5_000
+    # Batch writes (more than a few hundred rows), reports (quality, drift, traffic, shadows)
+    # and migrations legitimately run longer; their transactions get this limit. 0: no limit.
+    db_long_statement_timeout_ms: int = 120_000
+    # PostgreSQL: how long opening one connection may take (libpq counts whole seconds, >= 2).
+    db_connect_timeout_seconds: int = 3
     sqlite_busy_timeout_ms: int = 10_000
     migrate_on_start: bool = True
     batch_max_rows: int = 64
@@ -131,6 +139,15 @@ class Settings:
             threads=_int(env, "THREADS", defaults.threads),
             db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size),
             db_pool_wait_seconds=_float(env, "DB_POOL_WAIT_SECONDS", defaults.db_pool_wait_seconds),
+            db_statement_timeout_ms=_int(
+                env, "DB_STATEMENT_TIMEOUT_MS", defaults.db_statement_timeout_ms
+            ),
+            db_long_statement_timeout_ms=_int(
+                env, "DB_LONG_STATEMENT_TIMEOUT_MS", defaults.db_long_statement_timeout_ms
+            ),
+            db_connect_timeout_seconds=_int(
+                env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds
+            ),
             sqlite_busy_timeout_ms=_int(
                 env, "SQLITE_BUSY_TIMEOUT_MS", defaults.sqlite_busy_timeout_ms
             ),

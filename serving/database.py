@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import heapq
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -14,10 +16,25 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 from flask import Flask
 from playhouse import db_url
-from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledSqliteDatabase
+from playhouse.pool import (
+    MaxConnectionsExceeded,
+    PoolConnection,
+    PooledDatabase,
+    PooledPostgresqlDatabase,
+    PooledSqliteDatabase,
+)
 
 from serving.config import Settings
+from serving.deadlines import DeadlineExceeded, watchdog
 from serving.errors import Unavailable
+
+try:  # PostgreSQL's statement_timeout (psycopg2 is only needed for PostgreSQL)
+    from psycopg2.extensions import QueryCanceledError
+except ImportError:  # pragma: no cover
+
+    class QueryCanceledError(Exception):  # type: ignore[no-redef]
+        """Stands in for psycopg2's when it is not installed."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +47,96 @@ T = TypeVar("T")
 CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
+
+# TCP keepalives on every PostgreSQL connection: a pooled connection whose server or network
+# vanished without a word is found dead after ~10 + 3 x 3 s of silence instead of the kernel's
+# two hours, and data left unacknowledged for 10 s ends the connection (tcp_user_timeout).
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+# The statement limits (ms; 0: none) of a request's work and of long work (batch writes,
+# reports); the client gives up on a unit of work a second after its limit (deadlines.py).
+_statement_timeout_ms = 0
+_long_statement_timeout_ms = 0
+_DEADLINE_GRACE_SECONDS = 1.0
+
+
+class PostgresPool(PooledPostgresqlDatabase):
+    """peewee's PostgreSQL pool, except that no thread waits on another's network round trip.
+
+    peewee opens a connection while holding both the database's lock and the pool's, and
+    checks a reused one (`SELECT 1`) under the pool's lock, so one connection attempt to a
+    server that does not answer stalled every request of the process, each behind the last:
+    a frozen postmaster held every request for 30 s (issue 14). Here the locks guard only the
+    bookkeeping; opening and checking happen outside them, each bounded by connect_timeout
+    and statement_timeout.
+    """
+
+    def __init__(self, *args: object, ping_seconds: float = 0, **kwargs: object):
+        self._opening = 0  # connections being opened or checked, counted against the limit
+        # A reused connection is checked with a round trip; past this, the server is gone.
+        self._ping_seconds = ping_seconds
+        super().__init__(*args, **kwargs)
+        # Connection state is per thread already; this lock only made threads connect in turn.
+        self._lock = peewee._NoopLock()
+
+    def _connect(self):  # a driver connection
+        while True:
+            with self._pool_lock:
+                conn, stamp = None, 0.0
+                if self._connections:
+                    stamp, _counter, conn = heapq.heappop(self._connections)
+                elif self._max_connections and (
+                    len(self._in_use) + self._opening >= self._max_connections
+                ):
+                    raise MaxConnectionsExceeded("Exceeded maximum connections.")
+                self._opening += 1
+            silent = False
+            try:
+                if conn is None:
+                    conn, stamp = super(PooledDatabase, self)._connect(), time.time()
+                elif self._stale_timeout and self._is_stale(stamp):
+                    self._close_raw(conn)
+                    conn = None
+                else:
+                    with watchdog.watch(conn, self._ping_seconds) as ping:
+                        dead = self._is_closed(conn)
+                    if dead:
+                        self._close_raw(conn)
+                        conn, silent = None, ping.fired
+            finally:
+                with self._pool_lock:
+                    self._opening -= 1
+                    if conn is None:  # a slot is free again for whoever waits
+                        self._pool_available.notify()
+                    else:
+                        self._in_use[self.conn_key(conn)] = PoolConnection(stamp, conn, time.time())
+            if conn is not None:
+                return conn
+            if silent:
+                # The server took a connection's check past the deadline: trying the other
+                # idle connections would only wait as long again for each.
+                raise DeadlineExceeded(
+                    f"the database did not answer within {self._ping_seconds:g} s"
+                )
+
+
+def _postgres_params(settings: Settings, url: str) -> dict[str, object]:
+    """Connection parameters from the URL, with the timeouts and keepalives added."""
+    params: dict[str, object] = dict(db_url.parse(url))
+    options = str(params.pop("options", "") or "")
+    # Sent with the connection's start-up packet: no extra round trip per connection.
+    timeout = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    params["options"] = f"{timeout} {options}".strip()
+    params.setdefault("connect_timeout", settings.db_connect_timeout_seconds)
+    for name, value in _KEEPALIVES.items():
+        params.setdefault(name, value)
+    return params
 
 
 def open_database(settings: Settings) -> peewee.Database:
@@ -45,8 +152,14 @@ def open_database(settings: Settings) -> peewee.Database:
     }
     if parts.scheme in _POSTGRES_SCHEMES:
         # Railway hands out both spellings.
-        url = urlunsplit(("postgresql+pool", *parts[1:]))
-        return db_url.connect(url, connect_timeout=5, **pool)
+        url = urlunsplit(("postgresql", *parts[1:]))
+        params = _postgres_params(settings, url)
+        return PostgresPool(
+            params.pop("database"),
+            ping_seconds=settings.db_connect_timeout_seconds,
+            **params,
+            **pool,
+        )
     if parts.scheme == "sqlite":
         return PooledSqliteDatabase(
             db_url.parse(settings.database_url)["database"],
@@ -141,33 +254,119 @@ def discard_connections() -> None:
         logger.debug("error while discarding connections", exc_info=True)
 
 
-def run_with_retry(work: Callable[[], T]) -> T:
+def release_connection() -> None:
+    """Give this thread's connection back to the pool unless a transaction still needs it.
+
+    A thread must never hold a connection while it waits for something else (the group
+    commit's queue, the scorer): the thread it waits for may itself need that connection.
+    """
+    database = db.obj
+    if database is None or database.is_closed() or database.in_transaction():
+        return
+    try:
+        database.close()
+    except CONNECTION_ERRORS:
+        discard_connections()
+
+
+def _unavailable(exc: Exception) -> Unavailable:
+    """The 503 for a database that does not answer (its reason goes to the log only)."""
+    logger.warning("database unreachable: %s", str(exc).strip().splitlines()[0:1])
+    return Unavailable()
+
+
+def _too_slow(exc: Exception) -> Unavailable:
+    """The 503 for work the database did not finish in time: retrying at once would only
+    wait as long again. A write cut at its COMMIT may have been stored: the same id replays it."""
+    logger.warning("database too slow: %s", str(exc).strip().splitlines()[0:1])
+    return Unavailable(
+        "The database did not answer in time; the request may not have been stored. "
+        "Retry it with the same id."
+    )
+
+
+def _with_long_timeout(work: Callable[[], T]) -> Callable[[], T]:
+    """`work` in a transaction whose statements may run DB_LONG_STATEMENT_TIMEOUT_MS."""
+
+    def long_work() -> T:
+        with db.atomic():
+            db.execute_sql(f"SET LOCAL statement_timeout = {int(_long_statement_timeout_ms)}")
+            return work()
+
+    return long_work
+
+
+# How deep this thread is in run_with_retry: only the outermost call gives its connection back.
+_depth = threading.local()
+
+
+def run_with_retry(work: Callable[[], T], long_running: bool = False) -> T:
     """Run a unit of database work; on a lost connection retry once on a fresh one, then 503.
 
-    Retrying is safe because every write is idempotent on (endpoint, observation id).
+    Retrying is safe because every write is idempotent on (endpoint, observation id). A
+    server that cannot be reached at all is a 503 at once: a second connection attempt would
+    only double the wait. `long_running` work (batch writes, reports) gets
+    DB_LONG_STATEMENT_TIMEOUT_MS instead of a request's DB_STATEMENT_TIMEOUT_MS. The
+    connection goes back to the pool when the work is done.
     """
-    for attempt in (1, 2):
-        try:
-            return work()
-        except MaxConnectionsExceeded as exc:
-            # Every pooled connection stayed busy for DB_POOL_WAIT_SECONDS: overloaded, not
-            # broken, so the caller may retry; keep DB_POOL_SIZE at least THREADS.
-            logger.warning("database pool exhausted: %s", exc)
-            raise Unavailable(
-                "Every database connection is busy; nothing was stored. Retry the request "
-                "with the same id."
-            ) from exc
-        except CONNECTION_ERRORS as exc:
-            discard_connections()
-            if attempt == 2:
-                logger.warning("database unreachable: %s", str(exc).strip().splitlines()[0:1])
-                raise Unavailable() from exc
-    raise AssertionError("unreachable")
+    sqlite = is_sqlite()
+    limit_ms = _long_statement_timeout_ms if long_running else _statement_timeout_ms
+    deadline = 0.0 if sqlite or not limit_ms else limit_ms / 1000 + _DEADLINE_GRACE_SECONDS
+    if long_running and not sqlite:
+        work = _with_long_timeout(work)
+    _depth.value = getattr(_depth, "value", 0) + 1
+    try:
+        for attempt in (1, 2):
+            try:
+                db.connect(reuse_if_open=True)
+            except CONNECTION_ERRORS as exc:
+                discard_connections()
+                raise _unavailable(exc) from exc
+            try:
+                with watchdog.watch(db.connection(), deadline):
+                    return work()
+            except QueryCanceledError as exc:
+                # statement_timeout: the server is slow, not gone; the connection is fine.
+                raise _too_slow(exc) from exc
+            except DeadlineExceeded as exc:
+                discard_connections()
+                raise _too_slow(exc) from exc
+            except CONNECTION_ERRORS as exc:
+                discard_connections()
+                if attempt == 2:
+                    raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
+    except MaxConnectionsExceeded as exc:
+        # Every pooled connection stayed busy for DB_POOL_WAIT_SECONDS: overloaded, not
+        # broken, so the caller may retry soon; keep DB_POOL_SIZE at least THREADS.
+        logger.warning("database pool exhausted: %s", exc)
+        raise Unavailable(
+            "Every database connection is busy; nothing was stored. Retry the request "
+            "with the same id.",
+            retry_after=1,
+        ) from exc
+    finally:
+        _depth.value -= 1
+        if not _depth.value:
+            release_connection()
 
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Bind the database and return each request's connection when the request ends."""
-    global _sqlite_write_lock
+    global _sqlite_write_lock, _statement_timeout_ms, _long_statement_timeout_ms
+    _statement_timeout_ms = settings.db_statement_timeout_ms
+    _long_statement_timeout_ms = settings.db_long_statement_timeout_ms
+    if settings.db_pool_size < settings.threads:
+        # Each thread may need a connection at once; the ones that find none wait up to
+        # DB_POOL_WAIT_SECONDS and then answer 503.
+        logger.warning(
+            "DB_POOL_SIZE=%s is below THREADS=%s: under load some requests will wait for a "
+            "database connection and get 503 after DB_POOL_WAIT_SECONDS=%s; set DB_POOL_SIZE "
+            "to at least THREADS",
+            settings.db_pool_size,
+            settings.threads,
+            settings.db_pool_wait_seconds,
+        )
     database = open_database(settings)
     db.initialize(database)
     path = database.database if is_sqlite(database) else ""

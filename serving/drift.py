@@ -345,7 +345,7 @@ def recent_observations(endpoint: str, version: str, window: Window) -> Recent:
         query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc())
         return list(query.limit(window.rows).tuples())
 
-    rows = run_with_retry(work)
+    rows = run_with_retry(work, long_running=True)  # a report: may outlast a request's limit
     if not rows:
         return Recent([])
     return Recent([json.loads(text) for text, _ in rows], rows[-1][1], rows[0][1])

@@ -82,6 +82,18 @@ class Unavailable(ServiceError):
     default_message = (
         "The database is unreachable; nothing was stored. Retry the request with the same id."
     )
+    # Every 503 says when to come back (RFC 9110 Retry-After): the client may resend the
+    # request with the same id, and a client that waits spares a recovering database a storm.
+    headers = {"Retry-After": "2"}
+
+    def __init__(
+        self,
+        message: str | None = None,
+        details: list[dict[str, str]] | None = None,
+        retry_after: int = 2,
+    ):
+        super().__init__(message, details)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 def detail(field: str, problem: str) -> dict[str, str]:
@@ -108,6 +120,8 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         mapped = ServiceError(error.description or error.name)
         mapped.status = status
+        if status == 503:
+            mapped = Unavailable(error.description or error.name)
         if status == 413:
             mapped = PayloadTooLarge(
                 f"The request body is larger than the limit of "

@@ -191,6 +191,9 @@ def migrate(database: peewee.Database | None = None, target: int | None = None) 
     lock = "IMMEDIATE" if is_sqlite(database) else None
     with database.bind_ctx([SchemaVersion]), database.atomic(*([lock] if lock else [])):
         if not is_sqlite(database):
+            # A migration (an index on a large table) and the wait for another worker's may
+            # take far longer than a request's statement_timeout: none for this transaction.
+            database.execute_sql("SET LOCAL statement_timeout = 0")
             # Several workers or replicas may start at once; the first migrates, the rest
             # wait here and then find nothing left to do.
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))

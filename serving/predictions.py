@@ -14,7 +14,13 @@ from typing import Any
 import peewee
 
 from serving.batching import MicroBatcher
-from serving.database import db, is_sqlite, run_with_retry, write_transaction
+from serving.database import (
+    db,
+    is_sqlite,
+    release_connection,
+    run_with_retry,
+    write_transaction,
+)
 from serving.errors import Conflict, ObservationNotFound, Unavailable, detail
 from serving.payloads import id_key
 from serving.tables import Prediction, iso, utcnow
@@ -184,7 +190,8 @@ def save(batch: NewPredictions) -> list[int | Prediction | None]:
             earlier = _fetch([key for key in first if key not in inserted])
         return inserted, earlier
 
-    inserted, earlier = run_with_retry(work)
+    # A large batch may legitimately outlast a request's statement_timeout.
+    inserted, earlier = run_with_retry(work, long_running=len(batch) > _ROWS_PER_STATEMENT)
     observations = batch.observation
     outcomes: list[int | Prediction | None] = []
     for i, key in enumerate(keys):
@@ -387,6 +394,8 @@ class Writer:
 
     def store(self, batch: Sequence[NewPrediction]) -> list[Prediction | Conflict]:
         """Store these predictions, committed before this returns, maybe with others'."""
+        # Never queue holding a connection: the leader writing for us may need it (issue 14).
+        release_connection()
         return self._batcher.submit(batch)
 
 

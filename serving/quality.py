@@ -166,7 +166,7 @@ def measure(model: LoadedModel, rows: Rows) -> Measurement:
             return _binary(model, rows, predictions)
         return _multiclass(model, rows, predictions)
 
-    result = run_with_retry(work)
+    result = run_with_retry(work, long_running=True)  # a report: may outlast a request's limit
     # The last guard before JSON, which has no Infinity or NaN: whatever slipped past the
     # sums' range checks becomes null with a reason, never a 500 or an invalid answer.
     result.estimates = {name: e.finite() for name, e in result.estimates.items()}

@@ -149,7 +149,8 @@ class Shadows:
         model = self._registry.version(endpoint, version)
         shadow = measure(model, shadowed(endpoint, version, answering=False))
         answering = measure(model, shadowed(endpoint, version, answering=True))
-        paired = run_with_retry(lambda: _paired_test(model, endpoint, version))
+        # Reports: they may outlast a request's statement_timeout.
+        paired = run_with_retry(lambda: _paired_test(model, endpoint, version), long_running=True)
         if shadow.labelled == 0:
             outcome = NO_DATA
         elif paired.significant and paired.better is not None:
@@ -162,7 +163,9 @@ class Shadows:
             "enabled": version in self.versions(endpoint),
             "scored": shadow.predictions,
             "labelled": shadow.labelled,
-            "answered_by": run_with_retry(lambda: _answered_by(endpoint, version)),
+            "answered_by": run_with_retry(
+                lambda: _answered_by(endpoint, version), long_running=True
+            ),
             "shadow": _side(shadow),
             "answering": _side(answering),
             "deltas": _deltas(shadow, answering),

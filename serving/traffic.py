@@ -92,7 +92,7 @@ def traffic(pairs: Iterable[Pair], now: dt.datetime | None = None) -> Traffic:
                     counts.setdefault((endpoint, version), [0] * len(starts))[index] += count
         return Traffic(width, starts, counts)
 
-    return run_with_retry(work)
+    return run_with_retry(work, long_running=True)  # a report: may outlast a request's limit
 
 
 def _seconds(moment: dt.datetime) -> int:

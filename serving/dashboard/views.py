@@ -67,6 +67,7 @@ def endpoint(name: str) -> str:
 def error_page(error: ServiceError) -> tuple[str, int, dict[str, str]]:
     """Errors on a page are pages too, with the status and sentence the API would give."""
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+    headers.update(error.headers)  # a 503 page says when to retry, as the API does
     return render_template("dashboard/error.html", error=error), error.status, headers
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
+from playhouse.pool import MaxConnectionsExceeded
 
-from serving.database import CONNECTION_ERRORS, discard_connections
+from serving.database import run_with_retry
+from serving.errors import Unavailable
+from serving.http.auth import bearer_token
 from serving.http.context import registry
 from serving.migrations import MIGRATIONS, current_version
+
+logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("health", __name__)
 
@@ -20,20 +27,41 @@ def health() -> dict[str, Any]:
 
 
 @blueprint.get("/ready")
-def ready() -> tuple[dict[str, Any], int]:
-    """Ready to serve: the database answers and at least one model is loaded."""
+def ready() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Ready to serve: the database answers and at least one model is loaded.
+
+    Anyone may probe it, so the answer says only how each part is; why (a driver error naming
+    the database's host and port, model folders) goes to the log, and to the admin token.
+    """
     checks: dict[str, Any] = {"models_loaded": len(registry())}
+    why: dict[str, Any] = {}
     if registry().broken:
-        checks["broken_models"] = registry().broken
+        checks["broken_models"] = [
+            {"endpoint": b["endpoint"], "version": b["version"]} for b in registry().broken
+        ]
+        why["broken_models"] = registry().broken
     try:
-        version, latest = current_version(), MIGRATIONS[-1][0]
+        version, latest = run_with_retry(current_version), MIGRATIONS[-1][0]
         checks["database"] = (
             "ok"
             if version == latest
             else (f"schema at version {version}, needs {latest}: run `flask --app app migrate`")
         )
-    except CONNECTION_ERRORS as exc:
-        discard_connections()
-        checks["database"] = f"unreachable: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    except Unavailable as exc:
+        busy = isinstance(exc.__cause__, MaxConnectionsExceeded)
+        checks["database"] = "busy" if busy else "unreachable"
+        why["database"] = str(exc.__cause__ or exc).strip().splitlines()[:1]
     ok = checks["database"] == "ok" and checks["models_loaded"] > 0
-    return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503
+    answer: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks}
+    if not ok:
+        logger.warning("not ready", extra={"checks": checks, **why})
+        if _admin():
+            answer["detail"] = why
+    return answer, 200 if ok else 503, {} if ok else dict(Unavailable.headers)
+
+
+def _admin() -> bool:
+    """Whether the caller sent the admin token (no token configured: nobody is)."""
+    token = current_app.config["SETTINGS"].admin_token
+    given = bearer_token()
+    return bool(token and given) and hmac.compare_digest(given.encode(), token.encode())

@@ -262,9 +262,16 @@ READY = obj(
     checks=obj(
         ["models_loaded", "database"],
         models_loaded=INTEGER,
-        database={"type": "string", "description": "ok, or why not"},
+        database={
+            "type": "string",
+            "description": "ok, unreachable, busy, or the migration the schema needs",
+        },
         broken_models=array({"type": "object"}),
     ),
+    detail={
+        "type": "object",
+        "description": "Why not ready (errors, model folders): only with the admin token.",
+    },
 )
 ENDPOINT_SUMMARY = obj(
     ["endpoint", "default", "versions"],
@@ -342,7 +349,8 @@ ERRORS: dict[int, tuple[str, str]] = {
     ),
     503: (
         "Unavailable",
-        "The database is unreachable or busy: nothing was stored; retry with the same id.",
+        "The database is unreachable, busy or too slow: retry with the same id after the "
+        "`Retry-After` header's seconds.",
     ),
 }
 
