@@ -198,6 +198,9 @@ def test_reports_and_migrations_are_not_held_to_a_request_statement_timeout(data
         # The request's limit is back for the next unit of work on the same connection.
         show = run_with_retry(lambda: db.execute_sql("SHOW statement_timeout").fetchone())
         assert show[0] == "300ms"
+        # Pooled connections are opened with a bounded connect and TCP keepalives.
+        dsn = db.connection().get_dsn_parameters()
+        assert dsn["connect_timeout"] == "3" and dsn["keepalives_idle"] == "10"
     close_all()
 
 
@@ -362,3 +365,28 @@ def test_every_503_carries_retry_after(database_url, tmp_path):
         assert answer.status_code == 503, answer.get_data(as_text=True)[:300]
         assert int(answer.headers["Retry-After"]) >= 1
     close_all()
+
+
+def test_a_call_that_outlives_its_deadline_has_its_connection_cut():
+    """What ends a query to a server whose processes are frozen: nothing comes back, not even
+    statement_timeout, so the client cuts the connection and the blocked read fails at once."""
+    import socket
+
+    import peewee
+
+    from serving.deadlines import DeadlineExceeded, watchdog
+
+    client, server = socket.socketpair()
+    started = time.monotonic()
+    with client, server, pytest.raises(DeadlineExceeded), watchdog.watch(client, 0.3) as watch:
+        if client.recv(1) == b"":  # what a driver reports as a lost connection
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+    assert watch.fired
+    assert time.monotonic() - started < 2
+    # A call that finishes in time is left alone.
+    quick_a, quick_b = socket.socketpair()
+    with quick_a, quick_b, watchdog.watch(quick_a, 0.3) as quick:
+        quick_b.sendall(b"x")
+        assert quick_a.recv(1) == b"x"
+    time.sleep(0.6)
+    assert not quick.fired
