@@ -1,8 +1,13 @@
 """Entry point: `gunicorn app:app`, or `python app.py` to serve on $PORT."""
 
 from serving import create_app
+from serving.config import SettingsError
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as exc:
+    # A setting the service cannot run with: one sentence, not a traceback.
+    raise SystemExit(f"configuration error: {exc}") from None
 
 if __name__ == "__main__":
     app.run(host="0.0.0.0", port=app.config["SETTINGS"].port, threaded=True)

@@ -4,15 +4,20 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 from gunicorn import glogging
 
 from serving import logs, metrics
-from serving.config import Settings
+from serving.config import Settings, SettingsError
 
-_settings = Settings.from_env()
+try:
+    _settings = Settings.from_env()
+except SettingsError as exc:
+    # gunicorn would print a traceback of its config loader; one sentence says it all.
+    sys.exit(f"configuration error: {exc}")
 # Every worker counts into files in one directory (prometheus_client's multiprocess mode), which
 # /metrics adds up. Without METRICS_DIR: a new one under the temporary folder, named here (an
 # unguessable name, nothing created yet) and handed to the app through gunicorn's environment,

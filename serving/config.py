@@ -12,24 +12,54 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 N = TypeVar("N", int, float)
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
-def _number(environ: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
+
+class SettingsError(ValueError):
+    """A setting the service cannot run with; the message names the variable and the fix."""
+
+
+def _number(
+    environ: Mapping[str, str],
+    name: str,
+    default: N,
+    kind: Callable[[str], N],
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> N:
     raw = environ.get(name, "")
     if not raw.strip():
         return default
+    what = "an integer" if kind is int else "a number"
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError as exc:
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from exc
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum:g}, got {raw!r}")
+    return value
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
-    return _number(environ, name, default, int)
+def _int(
+    environ: Mapping[str, str],
+    name: str,
+    default: int,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int:
+    """An integer setting within [minimum, maximum]; anything else stops start-up."""
+    return _number(environ, name, default, int, minimum, maximum)
 
 
-def _float(environ: Mapping[str, str], name: str, default: float) -> float:
-    return _number(environ, name, default, float)
+def _float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    """A finite number setting of at least `minimum`; anything else stops start-up."""
+    return _number(environ, name, default, float, minimum)
 
 
 def _optional_path(environ: Mapping[str, str], *names: str) -> Path | None:
@@ -41,22 +71,33 @@ def _optional_path(environ: Mapping[str, str], *names: str) -> Path | None:
 
 
 def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off setting that refuses anything else: a typo (`flase`) must not quietly turn
+    a switch off, nor a guard."""
     raw = environ.get(name, "").strip().lower()
     if not raw:
         return default
-    return raw in {"1", "true", "yes", "on"}
-
-
-def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    """An on/off setting that refuses anything else: a typo must not leave a guard off."""
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"on", "true", "1", "yes"}:
+    if raw in _TRUE:
         return True
-    if raw in {"off", "false", "0", "no"}:
+    if raw in _FALSE:
         return False
-    raise ValueError(f"{name} must be on or off, got {raw!r}")
+    raise SettingsError(f"{name} must be true or false (or on/off, yes/no, 1/0), got {raw!r}")
+
+
+def _choice(environ: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = environ.get(name, "").strip().upper() or default
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _database_url(environ: Mapping[str, str], default: str) -> str:
+    raw = environ.get("DATABASE_URL", "").strip() or default
+    if not raw.startswith(("sqlite:///", "postgres://", "postgresql://")):
+        raise SettingsError(
+            "DATABASE_URL must start with sqlite:///, postgres:// or postgresql://, "
+            f"got {raw.split('://', 1)[0]!r}://..."
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -120,24 +161,26 @@ class Settings:
         token = env.get("ADMIN_TOKEN", "").strip() or None
         predict_token = env.get("PREDICT_TOKEN", "").strip() or None
         return cls(
-            database_url=env.get("DATABASE_URL", "").strip() or defaults.database_url,
-            port=_int(env, "PORT", defaults.port),
+            database_url=_database_url(env, defaults.database_url),
+            port=_int(env, "PORT", defaults.port, minimum=1, maximum=65_535),
             root_model_dir=Path(env.get("ROOT_MODEL_DIR") or defaults.root_model_dir),
             models_dir=Path(env.get("MODELS_DIR") or defaults.models_dir),
             default_endpoint=env.get("DEFAULT_ENDPOINT", "").strip() or defaults.default_endpoint,
             admin_token=token,
             dashboard_token=env.get("DASHBOARD_TOKEN", "").strip() or None,
-            predict_auth=_switch(env, "PREDICT_AUTH", bool(predict_token)),
+            predict_auth=_bool(env, "PREDICT_AUTH", bool(predict_token)),
             predict_token=predict_token,
-            max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes),
-            max_batch_body_bytes=_int(env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes),
-            max_batch_columns=_int(env, "MAX_BATCH_COLUMNS", defaults.max_batch_columns),
+            max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows, minimum=1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
+            max_batch_body_bytes=_int(
+                env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes, minimum=1
+            ),
+            max_batch_columns=_int(env, "MAX_BATCH_COLUMNS", defaults.max_batch_columns, minimum=1),
             batch_cpu_seconds=_float(env, "BATCH_CPU_SECONDS", defaults.batch_cpu_seconds),
-            log_level=(env.get("LOG_LEVEL", "").strip() or defaults.log_level).upper(),
-            web_concurrency=_int(env, "WEB_CONCURRENCY", defaults.web_concurrency),
-            threads=_int(env, "THREADS", defaults.threads),
-            db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size),
+            log_level=_choice(env, "LOG_LEVEL", defaults.log_level, LOG_LEVELS),
+            web_concurrency=_int(env, "WEB_CONCURRENCY", defaults.web_concurrency, minimum=1),
+            threads=_int(env, "THREADS", defaults.threads, minimum=1),
+            db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size, minimum=1),
             db_pool_wait_seconds=_float(env, "DB_POOL_WAIT_SECONDS", defaults.db_pool_wait_seconds),
             db_statement_timeout_ms=_int(
                 env, "DB_STATEMENT_TIMEOUT_MS", defaults.db_statement_timeout_ms
@@ -146,13 +189,13 @@ class Settings:
                 env, "DB_LONG_STATEMENT_TIMEOUT_MS", defaults.db_long_statement_timeout_ms
             ),
             db_connect_timeout_seconds=_int(
-                env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds
+                env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds, minimum=1
             ),
             sqlite_busy_timeout_ms=_int(
                 env, "SQLITE_BUSY_TIMEOUT_MS", defaults.sqlite_busy_timeout_ms
             ),
             migrate_on_start=_bool(env, "MIGRATE_ON_START", defaults.migrate_on_start),
-            batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows),
+            batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows, minimum=1),
             compile_models=_bool(env, "COMPILE_MODELS", defaults.compile_models),
             skip_broken_models=_bool(env, "SKIP_BROKEN_MODELS", defaults.skip_broken_models),
             model_digests=env.get("MODEL_DIGESTS", "").strip() or None,
