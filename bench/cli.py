@@ -63,7 +63,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="sqlite,postgres",
     )
     parser.add_argument(
-        "--servers", type=_names(servers.SERVERS), default=list(servers.SERVERS), help="both"
+        "--servers",
+        type=_names(servers.SERVERS),
+        default=list(servers.SERVERS),
+        help="baseline,ours,floor",
     )
     parser.add_argument("--concurrency", type=_counts, default=[1, 8, 32], help="1,8,32")
     parser.add_argument(
@@ -134,8 +137,10 @@ def run(args: argparse.Namespace, command_line: str) -> int:
         for model in args.models
         for database in database_names
         for concurrency in args.concurrency
-        # Baseline and ours back to back, so a drifting machine affects both alike.
+        # Baseline, ours and the floor back to back, so a drifting machine affects all alike.
+        # The floor has no model and no database: it runs beside the first pair only.
         for server in args.servers
+        if server != servers.FLOOR or (model, database) == (args.models[0], database_names[0])
     ]
     estimate = len(plan) * (args.duration + args.warmup + CELL_OVERHEAD_SECONDS)
     _progress(f"{command_line}: {len(plan)} cells, about {estimate / 60:.1f} min of load")
@@ -221,7 +226,9 @@ def _cell(
                 generator, live.url, model, concurrency, args.duration, load.MEASURE_ID_BASE
             )
             # Read before the server stops: its log explains errors the counts only report.
-            log = live.log_tail() if result.non2xx or result.wrong else None
+            # The floor answers a constant: its answers are never right, and need not be.
+            wrong = result.wrong if server != servers.FLOOR else 0
+            log = live.log_tail() if result.non2xx or wrong else None
     except (servers.ServerFailed, load.LoadFailed, databases.DatabaseFailed, OSError) as exc:
         _progress(f"[{number}] {name}: FAILED after {time.monotonic() - began:.1f} s: {exc}")
         return Cell(model.name, database, server, concurrency, error=str(exc), code=code)

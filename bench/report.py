@@ -17,7 +17,7 @@ from bench import revision
 from bench.batch import BatchResult
 from bench.load import LoadResult
 from bench.models import FOREST, LOGREG
-from bench.servers import BASELINE, OURS
+from bench.servers import BASELINE, FLOOR, OURS
 
 PACKAGES = ("flask", "peewee", "scikit-learn", "pandas", "numpy", "gunicorn", "psycopg2-binary")
 
@@ -26,6 +26,10 @@ RATIO_TARGETS = {LOGREG: 10.0, FOREST: 20.0}
 RATIO_CONCURRENCY = 32
 P50_TARGETS_MS = {LOGREG: 2.0, FOREST: 3.0}
 P50_CONCURRENCY = 1
+# Against the floor (Flask + the same gunicorn, a constant answer): at least this share of its
+# req/s at RATIO_CONCURRENCY, and a p50 at P50_CONCURRENCY at most this multiple of its p50.
+FLOOR_THROUGHPUT_SHARE = 0.6
+FLOOR_P50_MULTIPLE = 1.5
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,24 @@ class Cell:
         return r is not None and r.non2xx == 0 and r.wrong == 0 and r.socket_errors == 0
 
 
-def ratio(cell: Cell, cells: list[Cell]) -> float | None:
-    """Ours over the baseline's req/s for the same model, database and concurrency."""
+def ratio(cell: Cell, cells: list[Cell], against: str = BASELINE) -> float | None:
+    """Ours over the baseline's (or the floor's) req/s at the same concurrency: the same
+    model and database for the baseline; the floor has neither, so any of its cells."""
     if cell.server != OURS or cell.result is None:
         return None
+    other = _counterpart(cell, cells, against)
+    if other is None or other.result is None:
+        return None
+    base = other.result.requests_per_second
+    return cell.result.requests_per_second / base if base else math.inf
+
+
+def _counterpart(cell: Cell, cells: list[Cell], server: str) -> Cell | None:
     for other in cells:
-        if other.server == BASELINE and other.key == cell.key and other.result is not None:
-            base = other.result.requests_per_second
-            return cell.result.requests_per_second / base if base else math.inf
+        if other.server != server or other.result is None:
+            continue
+        if other.concurrency == cell.concurrency and (server == FLOOR or other.key == cell.key):
+            return other
     return None
 
 
@@ -79,6 +93,7 @@ def results_table(cells: list[Cell]) -> str:
         "non-2xx",
         "wrong",
         "ratio to baseline",
+        "share of floor",
     ]
     rows = []
     for cell in cells:
@@ -87,13 +102,15 @@ def results_table(cells: list[Cell]) -> str:
             measured = ["failed", "-", "-", "-", "-", "-"]
         else:
             times = ratio(cell, cells)
+            share = ratio(cell, cells, FLOOR)
             measured = [
                 f"{r.requests_per_second:,.0f}",
                 f"{r.p50_ms:.2f}",
                 f"{r.p99_ms:.2f}",
                 str(r.non2xx),
-                str(r.wrong),
+                "unchecked" if cell.server == FLOOR else str(r.wrong),
                 "-" if times is None else f"{times:.1f}x",
+                "-" if share is None else f"{share:.0%}",
             ]
         rows.append([cell.model, cell.database, cell.server, str(cell.concurrency), *measured])
     return _markdown(header, rows)
@@ -143,6 +160,7 @@ def targets(cells: list[Cell], models: list[str], databases: list[str]) -> list[
                     None if p50 is None else f"{p50:.2f} ms",
                 )
             )
+            lines.extend(_floor_targets(cells, model, database))
     ours_cells = [c for c in cells if c.server == OURS]
     unclean = [c for c in ours_cells if not c.clean]
     lines.append(
@@ -150,6 +168,33 @@ def targets(cells: list[Cell], models: list[str], databases: list[str]) -> list[
             "ours: 0 non-2xx, 0 wrong, 0 socket errors in every cell",
             None if not ours_cells else not unclean,
             f"{len(ours_cells) - len(unclean)}/{len(ours_cells)} cells clean",
+        )
+    )
+    return lines
+
+
+def _floor_targets(cells: list[Cell], model: str, database: str) -> list[str]:
+    ours = _find(cells, model, database, OURS, RATIO_CONCURRENCY)
+    share = ratio(ours, cells, FLOOR) if ours else None
+    lines = [
+        _verdict(
+            f"{model}, {database}, concurrency {RATIO_CONCURRENCY}: "
+            f"ours >= {FLOOR_THROUGHPUT_SHARE:.0%} of the floor's req/s",
+            None if share is None else share >= FLOOR_THROUGHPUT_SHARE,
+            None if share is None else f"{share:.0%}",
+        )
+    ]
+    ours = _find(cells, model, database, OURS, P50_CONCURRENCY)
+    floor = _counterpart(ours, cells, FLOOR) if ours else None
+    multiple = None
+    if ours and ours.result and floor and floor.result and floor.result.p50_ms:
+        multiple = ours.result.p50_ms / floor.result.p50_ms
+    lines.append(
+        _verdict(
+            f"{model}, {database}, concurrency {P50_CONCURRENCY}: "
+            f"ours p50 <= {FLOOR_P50_MULTIPLE:g}x the floor's",
+            None if multiple is None else multiple <= FLOOR_P50_MULTIPLE,
+            None if multiple is None else f"{multiple:.2f}x",
         )
     )
     return lines

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BASELINE, OURS = "baseline", "ours"
-SERVERS = (BASELINE, OURS)
+BASELINE, OURS, FLOOR = "baseline", "ours", "floor"
+SERVERS = (BASELINE, OURS, FLOOR)
 WORKERS = 2
 HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 90
@@ -62,8 +62,12 @@ def command(name: str, port: int) -> list[str]:
     """The gunicorn command line for one server, always bound to 127.0.0.1 only."""
     gunicorn = [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{port}"]
     if name == OURS:
-        # The service's own settings; --bind overrides the file's 0.0.0.0.
+        # The service's own settings; --bind overrides the file's [::] or 0.0.0.0.
         return [*gunicorn, "-c", "gunicorn.conf.py", "app:app"]
+    if name == FLOOR:
+        # The same gunicorn settings (workers, gthread threads, the JSON log) on a Flask app
+        # that does nothing: the framework's own cost.
+        return [*gunicorn, "-c", "gunicorn.conf.py", "bench.floor_app:app"]
     if name == BASELINE:
         # Default sync workers as a tutorial deploys them. --preload only so the table is
         # created once: two workers racing CREATE TABLE fail on PostgreSQL.
@@ -75,12 +79,14 @@ def environment(name: str, model_dir: Path, database_url: str, port: int) -> dic
     """The process environment: the harness's own, plus what each server reads."""
     env = dict(os.environ)
     env["DATABASE_URL"] = database_url
-    if name == OURS:
+    if name in (OURS, FLOOR):
+        # The configuration users run (`make run`, the Dockerfile): INFO logs, one line per
+        # request, metrics on. Only what the harness must pin is set.
+        env.pop("LOG_LEVEL", None)
         env.update(
             ROOT_MODEL_DIR=str(model_dir),
             PORT=str(port),
             WEB_CONCURRENCY=str(WORKERS),
-            LOG_LEVEL="WARNING",
             # The baseline has no client authentication: compare like with like, whatever
             # PREDICT_TOKEN the harness's own shell may hold.
             PREDICT_AUTH="off",
@@ -92,7 +98,7 @@ def environment(name: str, model_dir: Path, database_url: str, port: int) -> dic
 
 def ready_path(name: str) -> str:
     """The GET route that answers once the server can take requests."""
-    return "/health" if name == OURS else "/"
+    return "/" if name == BASELINE else "/health"
 
 
 @contextmanager
