@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 import click
 from flask import Flask
 
-from serving import cli, database, logs, migrations
+from serving import cli, database, dataplane, logs, migrations
 from serving.config import Settings
 from serving.errors import register_error_handlers
 from serving.experiments import Experiments
@@ -79,6 +79,7 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         app.extensions["lifecycle"] = lifecycle
         app.extensions["experiments"] = Experiments(registry, lifecycle, refresh)
         app.extensions["shadows"] = Shadows(registry, refresh, settings.batch_max_rows, wait)
+        app.extensions["services"] = dataplane.Services.of({**app.extensions, "registry": registry})
         # Published last: a concurrent first request never sees half of it.
         app.extensions["registry"] = registry
         # Nothing opened here may be inherited by forked workers (gunicorn --preload).

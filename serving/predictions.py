@@ -88,6 +88,30 @@ class NewPrediction:
     ab_test: int | None = None
     arm: str | None = None
 
+    @classmethod
+    def scored(
+        cls,
+        endpoint: str,
+        route: Any,
+        observation_id: str | int,
+        observation: dict[str, Any],
+        score: Any,
+    ) -> NewPrediction:
+        """What `route` (a `routing.Route`: its model, A/B test and arm) said of one validated
+        observation, `score` a `runtime.Score`, ready to store."""
+        return cls(
+            endpoint=endpoint,
+            model_version=route.model.version,
+            observation_id=observation_id,
+            observation=observation,
+            proba=score.proba,
+            label=score.label,
+            probabilities=score.probabilities,
+            value=score.value,
+            ab_test=route.ab_test,
+            arm=route.arm,
+        )
+
     def row(self) -> dict[str, Any]:
         """The columns of its table row."""
         return {
@@ -95,16 +119,25 @@ class NewPrediction:
             "model_version": self.model_version,
             "observation_id": id_key(self.observation_id),
             "observation": canonical_json(self.observation),
-            "proba": self.proba,
-            "prediction": canonical_json(self.label),
-            "probabilities": None
-            if self.probabilities is None
-            else canonical_json(self.probabilities),
-            "value": self.value,
+            **stored_score(self.proba, self.label, self.probabilities, self.value),
             "ab_test": self.ab_test,
             "arm": self.arm,
             "created_at": utcnow(),
         }
+
+
+def stored_score(
+    proba: float | None, label: Any, probabilities: dict[str, float] | None, value: float | None
+) -> dict[str, Any]:
+    """One score as the `prediction` and `shadow_score` tables store it: the label and the
+    probabilities as canonical JSON. The one spelling of a score as row columns (the column
+    path, `batch.core`, spells the same text a column at a time)."""
+    return {
+        "proba": proba,
+        "prediction": canonical_json(label),
+        "probabilities": None if probabilities is None else canonical_json(probabilities),
+        "value": value,
+    }
 
 
 @dataclass(frozen=True)

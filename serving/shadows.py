@@ -18,7 +18,7 @@ from serving import quality, statistics
 from serving.batching import MicroBatcher
 from serving.database import db, is_sqlite, run_with_retry, write_transaction
 from serving.errors import ServiceError
-from serving.predictions import canonical_json
+from serving.predictions import stored_score
 from serving.quality import Measurement, measure, shadowed
 from serving.registry import Registry
 from serving.runtime import LoadedModel
@@ -242,12 +242,7 @@ def _score_row(prediction_id: int, model: LoadedModel, score: Any) -> dict[str, 
         "prediction_id": prediction_id,
         "endpoint": model.endpoint,
         "model_version": model.version,
-        "proba": score.proba,
-        "prediction": canonical_json(score.label),
-        "probabilities": None
-        if score.probabilities is None
-        else canonical_json(score.probabilities),
-        "value": score.value,
+        **stored_score(score.proba, score.label, score.probabilities, score.value),
     }
 
 

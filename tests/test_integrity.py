@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving import predictions
-from serving.batch import core, rows
+from serving import dataplane, predictions
+from serving.batch import rows
 from serving.batching import MicroBatcher
 from serving.errors import BadRequest, InvalidInput
 from serving.payloads import parse_json
@@ -231,16 +231,12 @@ def test_a_batch_row_the_database_refuses_fails_alone(app):
     # other rows are stored and that row alone is answered with an error of its own.
     body = json.dumps([{"id": f"r{i}", "observation": PASSENGER} for i in range(100)])
     with app.app_context():
-        from serving.http import context
-
         batch = rows.from_json(body.encode(), 10_000)
-        groups = core.route(
-            context.registry(), context.lifecycle(), context.experiments(), "default", batch
-        )
-        results = core.prepare("default", batch, groups)
+        prepared = dataplane.prepare_many(app.extensions["services"], "default", batch)
+        results = prepared.results
         assert results.new is not None
         results.new.observation_id[41] = BAD  # as if validation had missed it
-        results.store()
+        prepared.commit()
         assert Prediction.select().count() == 99
     assert results.status[41] in range(400, 500)
     assert [s for i, s in enumerate(results.status) if i != 41] == [200] * 99

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -10,8 +11,8 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 import serving
-from serving import database
-from serving.batch import core, render
+from serving import database, dataplane
+from serving.batch import render
 from serving.batch.files import Refused, score_file
 from serving.batch.rows import ID_COLUMN, Rows
 from serving.errors import ServiceError
@@ -60,29 +61,25 @@ def score_command(
         serving.load_models(current_app, [name])
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
-    extensions = current_app.extensions
+    services = current_app.extensions["services"]
+    # Offline: no shadows, no Prometheus counts (see `dataplane.Plane`); stored unless --no-log.
+    plane = replace(dataplane.OFFLINE, store=not no_log)
 
-    def choose(rows: Rows) -> list[core.Group]:
-        return core.route(
-            extensions["registry"],
-            extensions["lifecycle"],
-            extensions["experiments"],
-            name,
-            rows,
-            version=version,
-            status=status,
+    def prepare(rows: Rows) -> dataplane.PreparedBatch:
+        return dataplane.prepare_many(
+            services, name, rows, version=version, status=status, plane=plane
         )
 
     # Everything loaded so far (models, libraries) lives as long as the process: frozen, the
     # collector stops walking it again for every few hundred new rows (~15% of a run).
     gc.freeze()
     try:
-        versions = extensions["registry"].endpoint(name)
+        versions = services.registry.endpoint(name)
         summary = score_file(
             source,
             output,
             name,
-            choose,
+            prepare,
             render.csv_columns(versions.values(), id_column),
             log=not no_log,
             id_column=id_column,

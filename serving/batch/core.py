@@ -1,9 +1,9 @@
-"""Batch scoring: route the rows, check them, score each model's rows in one call, build the
-rows to store, and after `predictions.save` answer every row.
+"""The column path of the data plane: route many rows, check them, score each model's rows in
+one call, build the rows to store, and after `save_apart` answer every row.
 
-Knows nothing of HTTP or files: the blueprint and the `flask score` command both call
-`route`, `prepare` and `Results.record`, with `save_apart` (`predictions.save`, a row the
-database refuses set apart; or nothing, with --no-log) in between.
+Knows nothing of HTTP or files, and runs no sequence of its own: `serving.dataplane` calls
+`route`, `prepare`, `save_apart` (or nothing, with --no-log), `Results.record`, `count` and
+`shadow_scores`, in that order, for /predict/batch and `flask score` alike.
 """
 
 from __future__ import annotations
@@ -125,12 +125,6 @@ class Results:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def store(self, log: bool = True) -> Results:
-        """Store the scored rows in one transaction (unless not `log`) and record the outcome."""
-        if self.new is None:
-            raise RuntimeError("prepare() builds the rows to store")
-        return self.record(save_apart(self.new) if log else None)
 
     def record(self, outcomes: Sequence[int | Prediction | ServiceError | None] | None) -> Results:
         """Take `save_apart`'s outcomes for `new` (None: nothing was stored)."""

@@ -19,15 +19,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pandas as pd
 
 from serving.batch import render, rows
-from serving.batch.core import Group, Results, prepare
+from serving.batch.core import Results
 from serving.batch.progress import Progress
 from serving.database import db
 from serving.errors import BadRequest
+
+if TYPE_CHECKING:  # the data plane imports serving.batch: only its type is needed here
+    from serving.dataplane import PreparedBatch
 
 # A record this long without its closing quote means the quote is never closed.
 MAX_RECORD_BYTES = 16 << 20
@@ -168,7 +171,7 @@ def score_file(
     source: Path,
     output: Path,
     endpoint: str,
-    choose: Callable[[rows.Rows], list[Group]],
+    prepare: Callable[[rows.Rows], PreparedBatch],
     columns: list[str],
     log: bool = True,
     id_column: str = rows.ID_COLUMN,
@@ -177,7 +180,9 @@ def score_file(
     progress: bool = True,
 ) -> Summary:
     """Score every row of `source` into `output`, resuming an interrupted run into the same
-    output unless `restart`. `choose` routes a chunk's rows; `columns` are the output's."""
+    output unless `restart`. `prepare` routes, checks and scores a chunk's rows
+    (`dataplane.prepare_many`, whose plane says whether they are stored); `columns` are the
+    output's."""
     began = time.monotonic()
     reader = CsvReader(source)
     if id_column not in reader.header:
@@ -209,9 +214,8 @@ def score_file(
     state = checkpoint or fresh
     chunks = reader.chunks(state.input_offset, chunk_rows, state.line)
 
-    def prepared(chunk: Chunk) -> tuple[Results, Chunk]:
-        batch = rows.csv_rows(chunk.frame, reader.header, id_column)
-        return prepare(endpoint, batch, choose(batch)), chunk
+    def prepared(chunk: Chunk) -> tuple[PreparedBatch, Chunk]:
+        return prepare(rows.csv_rows(chunk.frame, reader.header, id_column)), chunk
 
     # The first chunk is checked before the output is touched: a column the model needs and
     # the file lacks stops the run with nothing written.
@@ -278,7 +282,7 @@ class _Writer(threading.Thread):
         self._handle, self._output, self._state = handle, output, state
         self._columns, self._log, self._bar, self._summary = columns, log, bar, summary
         # One chunk waiting while one is written: memory stays at a few chunks.
-        self._queue: queue.Queue[tuple[Results, Chunk] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[PreparedBatch, Chunk] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
 
     @property
@@ -286,7 +290,7 @@ class _Writer(threading.Thread):
         """Whether writing stopped on an error."""
         return self._error is not None
 
-    def put(self, item: tuple[Results, Chunk]) -> None:
+    def put(self, item: tuple[PreparedBatch, Chunk]) -> None:
         """Hand over a prepared chunk."""
         self._queue.put(item)
 
@@ -310,8 +314,8 @@ class _Writer(threading.Thread):
             if self._log and not db.is_closed():
                 db.close()
 
-    def _write(self, results: Results, chunk: Chunk) -> None:
-        results.store(self._log)
+    def _write(self, prepared: PreparedBatch, chunk: Chunk) -> None:
+        results = prepared.commit()
         self._handle.write(render.csv_text(results, self._columns).encode("utf-8"))
         self._handle.flush()
         os.fsync(self._handle.fileno())

@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from serving.batch import core, render, rows
+from serving import dataplane
+from serving.batch import render, rows
 from serving.batch.budget import CpuBudget
 from serving.errors import BadRequest
 from serving.http import bodies
-from serving.http.context import annotate, experiments, lifecycle, registry, shadows
+from serving.http.context import annotate, registry, services
 
 blueprint = Blueprint("batch", __name__)
 
@@ -44,30 +45,22 @@ def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
         batch = _json_rows(raw, settings.max_batch_rows)
     budget.check("reading the batch")
     annotate(endpoint=endpoint, rows=len(batch))
-    groups = core.route(
-        registry(),
-        lifecycle(),
-        experiments(),
+    prepared = dataplane.prepare_many(
+        services(),
         endpoint,
         batch,
         version=request.args.get("version"),
         status=request.args.get("status"),
+        check=budget.check,
     )
-    budget.check("routing")
-    prepared = core.prepare(endpoint, batch, groups, check=budget.check)
     # Whatever carries client text is rendered before anything is stored: if it fails, the
     # answer is an error and nothing was stored.
     wants_csv = _wants_csv()
-    warnings_header = (
-        render.header_value(prepared.batch_warnings)
-        if wants_csv and prepared.batch_warnings
-        else None
-    )
+    batch_warnings = prepared.results.batch_warnings
+    warnings_header = render.header_value(batch_warnings) if wants_csv and batch_warnings else None
     budget.check("preparing the rows to store")
-    results = prepared.store()
-    core.count(results, versions)
-    shadows().score_many(endpoint, lambda model: core.shadow_scores(model, batch, results))
-    annotate(model_version=",".join(sorted({g.route.model.version for g in groups})) or None)
+    results = prepared.commit()
+    annotate(model_version=",".join(prepared.versions) or None)
     counts = results.counts()
     if wants_csv:
         text = render.csv_text(results, render.csv_columns(versions.values()), header=True)

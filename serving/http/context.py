@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from serving.dataplane import Services
 from serving.experiments import Experiments
 from serving.http import bodies
 from serving.lifecycle import Lifecycle
@@ -41,6 +42,12 @@ def scorer() -> Scorer:
 def writer() -> Writer:
     """The app's group-committing prediction writer."""
     return current_app.extensions["writer"]
+
+
+def services() -> Services:
+    """What the data plane needs of the running app (registry, lifecycle, experiments,
+    scorer, writer, shadows)."""
+    return current_app.extensions["services"]
 
 
 def body() -> bytes:

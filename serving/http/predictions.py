@@ -6,19 +6,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import metrics, predictions, quality, routing
-from serving.errors import Conflict, InvalidInput, detail
+from serving import dataplane, predictions, quality
+from serving.errors import InvalidInput, detail
 from serving.http.auth import authenticated
-from serving.http.context import (
-    annotate,
-    body,
-    experiments,
-    lifecycle,
-    registry,
-    scorer,
-    shadows,
-    writer,
-)
+from serving.http.context import annotate, body, registry, services
 from serving.payloads import parse_predict_body, parse_update_body
 
 blueprint = Blueprint("predictions", __name__)
@@ -43,54 +34,28 @@ def update_default() -> tuple[dict[str, Any], int]:
 @blueprint.post("/api/v1/<endpoint>/predict")
 def predict(endpoint: str) -> tuple[dict[str, Any], int]:
     """Score one observation with the version chosen by ?version= or ?status= (production)."""
+    # The endpoint first: an unknown one is 404 whatever the body holds.
+    registry().endpoint(endpoint)
     request_body = parse_predict_body(body())
     annotate(endpoint=endpoint, observation_id=request_body.observation_id)
-    route = routing.choose(
-        registry(),
-        lifecycle(),
-        experiments(),
+    answer = dataplane.predict_one(
+        services(),
         endpoint,
         request_body.observation_id,
+        request_body.observation,
         version=request.args.get("version"),
         status=request.args.get("status"),
     )
-    model = route.model
-    observation, warnings = model.schema.validate(
-        request_body.observation, reject_surprises=model.rejects_surprises
-    )
-    [result] = scorer().score(model, [observation])
-    [outcome] = writer().store(
-        [
-            predictions.NewPrediction(
-                endpoint=endpoint,
-                model_version=model.version,
-                observation_id=request_body.observation_id,
-                observation=observation,
-                proba=result.proba,
-                label=result.label,
-                probabilities=result.probabilities,
-                value=result.value,
-                ab_test=route.ab_test,
-                arm=route.arm,
-            )
-        ]
-    )
-    if isinstance(outcome, Conflict):
-        raise outcome
-    annotate(model_version=outcome.model_version)
-    shadows().score(scorer(), endpoint, request_body.observation, [outcome])
-    answer = predictions.to_json(outcome, request_body.observation_id)
-    answer["warnings"] = warnings
-    label = None if model.task == "regression" else answer["prediction"]
-    metrics.record_prediction(endpoint, outcome.model_version, label, warnings)
+    annotate(model_version=answer["model_version"])
     return answer, 200
 
 
 @blueprint.post("/api/v1/<endpoint>/update")
 def update(endpoint: str) -> tuple[dict[str, Any], int]:
     """Record the true class (or value) of a stored prediction; a second update overwrites."""
-    request_body = parse_update_body(body())
+    # The endpoint first: an unknown one is 404 whatever the body holds.
     versions = registry().endpoint(endpoint)
+    request_body = parse_update_body(body())
     annotate(endpoint=endpoint, observation_id=request_body.observation_id)
     stored = predictions.find(endpoint, request_body.observation_id)
     model = versions.get(stored.model_version) or next(iter(versions.values()))
