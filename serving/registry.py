@@ -170,7 +170,8 @@ class Registry:
     ) -> LoadedModel:
         """The version that answers: the one named, else the one in `status` (production)."""
         versions = self.endpoint(endpoint)
-        if version is not None:
+        # An empty ?version= or ?status= is the same as an absent one.
+        if version:
             model = self.version(endpoint, version)
             if statuses.get((endpoint, version)) == ARCHIVED:
                 raise Conflict(

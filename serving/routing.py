@@ -32,7 +32,8 @@ def choose(
     """Route one observation. An explicit `version` or `status` bypasses any A/B test: the
     test measures the traffic that would otherwise have gone to production."""
     statuses = lifecycle.statuses()
-    if version is None and status is None:
+    # An empty ?version= or ?status= is the same as an absent one.
+    if not version and not status:
         test = experiments.running(endpoint)
         if test is not None:
             arm, chosen = test.route(observation_id)

@@ -121,7 +121,7 @@ def test_every_route_is_in_the_document_and_nothing_else(docs_app, spec):
 
 
 def test_the_dashboard_and_docs_routes_are_described(spec):
-    for path in ("/", "/dashboard/{endpoint}", "/dashboard/static/{filename}"):
+    for path in ("/", "/dashboard/{name}", "/dashboard/static/{filename}"):
         assert "get" in spec["paths"][path], path
     for path in ("/openapi.json", "/docs", "/docs/assets/{filename}"):
         assert "get" in spec["paths"][path], path
@@ -437,3 +437,101 @@ def test_a_time_beyond_year_9999_in_utc_is_400_not_a_500(docs_client):
         response = docs_client.get("/api/v1/income/performance", query_string={name: value})
         assert response.status_code == 400, name
         assert field_of(response) == [name]
+
+
+# The document is derived from the routes (issue 15) and says what clients meet (issue 16).
+
+
+def test_every_route_has_one_declaration_and_every_declaration_a_route(docs_app):
+    from serving.openapi.operations import OPERATIONS
+
+    routes = {rule.endpoint for rule in docs_app.url_map.iter_rules()}
+    assert sorted(routes - set(OPERATIONS)) == [], "routes with no entry in OPERATIONS"
+    assert sorted(set(OPERATIONS) - routes) == [], "OPERATIONS entries with no route"
+
+
+def test_summaries_are_the_views_docstrings(docs_app, spec):
+    view = docs_app.view_functions["endpoints.status_history"]
+    summary = spec["paths"]["/api/v1/{endpoint}/history"]["get"]["summary"]
+    assert view.__doc__.startswith(summary)
+    # An admin view's "Admin:" is said by its security requirement instead.
+    summary = spec["paths"]["/api/v1/{endpoint}/ab-tests"]["post"]["summary"]
+    assert summary.startswith("Start an A/B test")
+    # Path variables are the rule's own names (the dashboard's is `name`).
+    assert "/dashboard/{name}" in spec["paths"]
+
+
+def test_the_observation_id_pattern_is_the_services_rule(docs_client, spec):
+    """\\S in JSON Schema matches a NUL, and Python's strip() removes characters JSON Schema's
+    \\s does not: the pattern spells out what the service refuses."""
+    id_schema = validator(spec, "ObservationId")
+    example = spec["components"]["schemas"]["heights.Observation"]["examples"][0]
+    for value in ("\x00", " \x00 ", "\x1c", "\u3000\x85", "a\x00"):
+        assert not id_schema.is_valid(value), repr(value)
+        response = docs_client.post(
+            "/api/v1/heights/predict", json={"id": value, "observation": example}
+        )
+        assert response.status_code == 422, repr(value)
+    for value in ("a", " a ", "\ufeff", "é"):
+        assert id_schema.is_valid(value), repr(value)
+        response = docs_client.post(
+            "/api/v1/heights/predict", json={"id": value, "observation": example}
+        )
+        assert response.status_code == 200, repr(value)
+
+
+def test_an_empty_version_or_status_is_the_same_as_none(docs_client, spec):
+    example = spec["components"]["schemas"]["income.Observation"]["examples"][0]
+    for query in ("version=", "status=", "version=&status="):
+        response = docs_client.post(
+            f"/api/v1/income/predict?{query}", json={"id": f"empty-{query}", "observation": example}
+        )
+        assert response.status_code == 200, query
+        assert response.get_json()["model_version"] == "1", query
+        response = docs_client.post(
+            f"/api/v1/income/predict/batch?{query}",
+            json=[{"id": f"empty-batch-{query}", "observation": example}],
+        )
+        assert response.status_code == 200, query
+    assert docs_client.get("/api/v1/income/key/name?version=").status_code == 200
+    assert docs_client.get("/api/v1/income/performance?version=").status_code == 200
+    for name in ("VersionQuery", "StatusQuery"):
+        assert "" in spec["components"]["parameters"][name]["schema"]["enum"]
+
+
+def test_a_multipart_csv_sent_as_a_plain_field_is_read(docs_client, spec):
+    example = spec["components"]["schemas"]["heights.Observation"]["examples"][0]
+    csv = "id," + ",".join(example) + "\nplain-1," + ",".join(map(str, example.values())) + "\n"
+    response = docs_client.post(
+        "/api/v1/heights/predict/batch", data={"file": csv}, content_type="multipart/form-data"
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["counts"]["stored"] == 1
+
+
+def test_the_batch_headers_and_request_ids_are_the_real_ones(docs_client, spec):
+    example = spec["components"]["schemas"]["heights.Observation"]["examples"][0]
+    response = docs_client.post(
+        "/api/v1/heights/predict/batch",
+        json=[{"id": "headers-1", "observation": example}],
+        headers={"Accept": "text/csv"},
+    )
+    assert response.status_code == 200
+    sent = {name for name, _ in response.headers if name.startswith("X-Batch-")}
+    reply = spec["paths"]["/api/v1/heights/predict/batch"]["post"]["responses"]["200"]
+    documented = {name for name in reply["headers"] if name.startswith("X-Batch-")}
+    assert sent and sent <= documented
+    assert documented - sent <= {"X-Batch-Warnings"}
+    assert response.headers["X-Request-ID"]
+    # Every response documents X-Request-ID; every 503 Retry-After.
+    for path, method, operation in operations(spec):
+        for status, response in operation["responses"].items():
+            headers = resolve(spec, response).get("headers", {})
+            assert "X-Request-ID" in headers, (method, path, status)
+    assert "Retry-After" in spec["components"]["responses"]["Unavailable"]["headers"]
+
+
+def test_public_operations_say_they_need_no_credentials(spec):
+    for path, method, operation in operations(spec):
+        if (method, path) not in ADMIN_OPERATIONS:
+            assert operation["security"] == [], (method, path)

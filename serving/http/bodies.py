@@ -75,7 +75,7 @@ def upload(raw: bytes, field: str = "file") -> Upload:
         max_form_parts=request.max_form_parts,
     )
     try:
-        _, _, files = parser.parse(
+        _, form, files = parser.parse(
             io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params
         )
     except RequestEntityTooLarge as exc:
@@ -86,6 +86,9 @@ def upload(raw: bytes, field: str = "file") -> Upload:
         ) from exc
     found: FileStorage | None = files.get(field) or next(iter(files.values()), None)
     try:
+        if found is None and field in form:
+            # A part without a filename is a form field, not a file: its text is the file.
+            return Upload(form[field].encode(), "text/plain", "")
         if found is None:
             raise BadRequest(f"The multipart body has no file; send the CSV as field {field!r}.")
         return Upload(found.read(), found.mimetype, found.filename or "")

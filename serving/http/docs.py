@@ -51,7 +51,12 @@ def document() -> dict[str, Any]:
     and never change after."""
     extensions = current_app.extensions
     if "openapi" not in extensions:
-        extensions["openapi"] = openapi.build(registry(), current_app.config["SETTINGS"])
+        extensions["openapi"] = openapi.build(
+            registry(),
+            current_app.config["SETTINGS"],
+            current_app.url_map,
+            current_app.view_functions,
+        )
     return extensions["openapi"]
 
 

@@ -20,10 +20,11 @@ blueprint = Blueprint("quality", __name__, url_prefix="/api/v1/<endpoint>")
 def performance(endpoint: str) -> dict[str, Any]:
     """Metrics of every version (or ?version=) on predictions made in [?since, ?until)."""
     versions = registry().endpoint(endpoint)
+    # An empty ?version= is the same as an absent one.
     wanted = request.args.get("version")
     chosen = (
         [registry().version(endpoint, wanted)]
-        if wanted is not None
+        if wanted
         else [versions[v] for v in sorted(versions, key=version_order)]
     )
     since, until = _instant("since"), _instant("until")

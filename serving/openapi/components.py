@@ -78,6 +78,12 @@ DETAIL = {
     "additionalProperties": False,
 }
 
+# What Python's str.strip() removes (str.isspace): an id made only of these is refused. Spelt
+# out because JSON Schema's \s (ECMA-262) differs from Python's, and its \S matches a NUL.
+WHITE_SPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+# Not empty, not only white space, no NUL character.
+ID_TEXT = f"^[^\\u0000]*[^\\u0000{WHITE_SPACE}][^\\u0000]*$"
+
 OBSERVATION_ID = {
     "description": (
         "Your observation id, unique per endpoint and an idempotency key: the same id with "
@@ -86,13 +92,7 @@ OBSERVATION_ID = {
     ),
     "anyOf": [
         {"type": "integer"},
-        # Not empty, not only white space, no NUL character.
-        {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_ID_LENGTH,
-            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
-        },
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_TEXT},
     ],
 }
 
@@ -144,18 +144,28 @@ UPDATED = {
     },
 }
 
+# One schema per kind of row, each a plain object: a generated client tells them apart by
+# their required keys (an allOf with a const inside an anyOf left batch answers untyped).
+SCORED_ROW = {
+    **PREDICTION,
+    "description": "A row's /predict answer, with status 200.",
+    "required": [*PREDICTION["required"], "status", "warnings"],
+    "properties": {
+        **PREDICTION["properties"],
+        "status": {"type": "integer", "enum": [200], "description": "Always 200."},
+    },
+}
+REFUSED_ROW = obj(
+    ["observation_id", "status", "error", "details"],
+    # Untyped: a refused row's id is whatever was sent, a list or an object too.
+    observation_id={"description": "The row's id as sent (null when absent)."},
+    status=INTEGER | {"description": "The status /predict would have answered."},
+    error=STRING,
+    details=array(ref("Detail")),
+) | {"description": "A row the model refused: its error with its status."}
 BATCH_ROW = {
     "description": "A row's /predict answer with status 200, or its error with its status.",
-    "anyOf": [
-        {"allOf": [ref("Prediction"), obj(["status", "warnings"], status={"const": 200})]},
-        obj(
-            ["observation_id", "status", "error", "details"],
-            observation_id={"description": "The row's id as sent (null when absent)."},
-            status=INTEGER,
-            error=STRING,
-            details=array(ref("Detail")),
-        ),
-    ],
+    "anyOf": [ref("ScoredRow"), ref("RefusedRow")],
 }
 BATCH_ANSWER = obj(
     ["endpoint", "counts", "warnings", "results"],
@@ -248,7 +258,10 @@ VERSION_INFO = obj(
     endpoint=STRING,
     version=STRING,
     task=STRING,
-    classes={"type": "array"},
+    classes=array(
+        {"type": ["string", "integer", "number", "boolean"]},
+        description="The model's labels (classifiers only).",
+    ),
     positive_class={},
     inputs=array({"type": "object"}, description="The input schema, field by field."),
     status={"enum": [*STATUSES, None]},
@@ -294,6 +307,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Prediction": PREDICTION,
     "Updated": UPDATED,
     "BatchRow": BATCH_ROW,
+    "ScoredRow": SCORED_ROW,
+    "RefusedRow": REFUSED_ROW,
     "BatchAnswer": BATCH_ANSWER,
     "StatusChange": STATUS_CHANGE,
     "Who": WHO,
@@ -368,14 +383,35 @@ def ab_test_start(versions: Sequence[str]) -> dict[str, Any]:
     }
 
 
+# Response headers: every answer carries X-Request-ID, every 503 Retry-After.
+HEADERS: dict[str, dict[str, Any]] = {
+    "RequestId": {
+        "description": "The request's id: the caller's `X-Request-ID` when it is a plain token "
+        "(letters, digits and `._:-`, at most 128), else a new one. Log lines carry it too.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+    },
+    "RetryAfter": {
+        "description": "Seconds to wait before retrying (with the same id: nothing was stored).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+}
+REQUEST_ID = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
+
+
 def error_responses() -> dict[str, dict[str, Any]]:
     """One response component per error status, all with the Error body."""
     return {
         name: {
             "description": description,
+            "headers": REQUEST_ID
+            | (
+                {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+                if status == 503
+                else {}
+            ),
             "content": {"application/json": {"schema": ref("Error")}},
         }
-        for name, description in ERRORS.values()
+        for status, (name, description) in ERRORS.items()
     }
 
 
@@ -385,6 +421,14 @@ def parameters(endpoints: Sequence[str], versions: Sequence[str]) -> dict[str, d
     return {
         "Endpoint": {
             "name": "endpoint",
+            "in": "path",
+            "required": True,
+            "description": "An endpoint this server serves.",
+            "schema": {"type": "string", "enum": list(endpoints)},
+        },
+        # The dashboard's route names its variable `name`.
+        "DashboardEndpoint": {
+            "name": "name",
             "in": "path",
             "required": True,
             "description": "An endpoint this server serves.",
@@ -419,14 +463,15 @@ def parameters(endpoints: Sequence[str], versions: Sequence[str]) -> dict[str, d
         "VersionQuery": {
             "name": "version",
             "in": "query",
-            "description": "This version (wins over `status`).",
-            "schema": {"type": "string", "enum": list(versions)},
+            "description": "This version (wins over `status`); empty is the same as absent.",
+            "schema": {"type": "string", "enum": [*versions, ""]},
         },
         "StatusQuery": {
             "name": "status",
             "in": "query",
-            "description": "The version in this status (default production).",
-            "schema": {"type": "string", "enum": list(STATUSES)},
+            "description": "The version in this status (default production); empty is the same "
+            "as absent.",
+            "schema": {"type": "string", "enum": [*STATUSES, ""]},
         },
         "Since": {
             "name": "since",

@@ -1,8 +1,14 @@
-"""Put the document together: the operations table, with each served endpoint's schemas."""
+"""Put the document together: every rule of the app's URL map, described by its view's
+docstring and its entry in the operations table, with each served endpoint's schemas."""
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from werkzeug.routing import Map
 
 from serving.config import Settings
 from serving.openapi.components import (
@@ -10,7 +16,9 @@ from serving.openapi.components import (
     CLIENT,
     CLIENT_SCHEME,
     ERRORS,
+    HEADERS,
     PATH_PARAMETERS,
+    REQUEST_ID,
     SCHEMAS,
     SECURITY_SCHEMES,
     ab_test_start,
@@ -18,7 +26,7 @@ from serving.openapi.components import (
     parameters,
 )
 from serving.openapi.inputs import endpoint_components, generic_components
-from serving.openapi.operations import MODEL, OPERATIONS, Operation, Reply
+from serving.openapi.operations import MODEL, OPERATIONS, TAGS, Operation, Reply
 from serving.registry import Registry, version_order
 
 DESCRIPTION = """\
@@ -32,8 +40,17 @@ paths describe the same routes for any endpoint. Every error has one JSON shape,
 """
 
 
-def build(registry: Registry, settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of an app serving `registry`."""
+# Described only when a route has no entry in OPERATIONS (tests/test_openapi.py fails then).
+UNDECLARED = Operation("other", Reply(description="Not described yet."))
+
+
+def build(
+    registry: Registry,
+    settings: Settings,
+    url_map: Map,
+    view_functions: Mapping[str, Callable[..., Any]],
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of an app serving `registry` with these routes."""
     endpoints = sorted(registry.models)
     versions = sorted({v for vs in registry.models.values() for v in vs}, key=version_order)
     rows = settings.max_batch_rows
@@ -44,16 +61,31 @@ def build(registry: Registry, settings: Settings) -> dict[str, Any]:
     default_model = f"{default}." if default in registry.models else ""
 
     paths: dict[str, dict[str, Any]] = {}
-    for operation in OPERATIONS:
-        model = default_model if operation.default_endpoint else ""
-        secured = settings.predict_auth
-        _add(paths, operation.path, _operation(operation, model, operation.operation_id, secured))
-        if operation.per_endpoint:
-            for endpoint in endpoints:
-                path = operation.path.replace("{endpoint}", endpoint)
-                operation_id = f"{endpoint}.{operation.operation_id}"
-                copy = _operation(operation, f"{endpoint}.", operation_id, secured, endpoint)
-                _add(paths, path, copy)
+    secured = settings.predict_auth
+    for rule in url_map.iter_rules():
+        operation = OPERATIONS.get(rule.endpoint, UNDECLARED)
+        view = view_functions[rule.endpoint]
+        path = _path(rule.rule)
+        methods = sorted(m.lower() for m in (rule.methods or set()) - {"HEAD", "OPTIONS"})
+        summary, description = _docs(view, operation)
+        for method in methods:
+            operation_id = operation.operation_id or view.__name__
+            if len(methods) > 1:
+                operation_id = f"{operation_id}_{method}"
+            model = default_model if operation.default_endpoint else ""
+            described = _operation(operation, summary, description, path, model, secured)
+            _add(paths, path, method, {"operationId": operation_id, **described})
+            if operation.per_endpoint:
+                for endpoint in endpoints:
+                    copy = _operation(
+                        operation, summary, description, path, f"{endpoint}.", secured, endpoint
+                    )
+                    _add(
+                        paths,
+                        path.replace("{endpoint}", endpoint),
+                        method,
+                        {"operationId": f"{endpoint}.{operation_id}", **copy},
+                    )
 
     return {
         "openapi": "3.1.0",
@@ -64,6 +96,7 @@ def build(registry: Registry, settings: Settings) -> dict[str, Any]:
             "schemas": schemas,
             "responses": error_responses(),
             "parameters": parameters(endpoints, versions),
+            "headers": HEADERS,
             "securitySchemes": (
                 {**SECURITY_SCHEMES, CLIENT: CLIENT_SCHEME}
                 if settings.predict_auth
@@ -73,8 +106,25 @@ def build(registry: Registry, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _add(paths: dict[str, dict[str, Any]], path: str, operation: tuple[str, dict]) -> None:
-    method, described = operation
+def _path(rule: str) -> str:
+    """An OpenAPI path from a Werkzeug rule: `<int:test_id>` becomes `{test_id}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def _docs(view: Callable[..., Any], operation: Operation) -> tuple[str, str]:
+    """The summary (the docstring's first paragraph, without an `Admin:` prefix, which the
+    security requirement says) and the description (the rest, then the table's words)."""
+    paragraphs = [" ".join(p.split()) for p in (inspect.getdoc(view) or "").split("\n\n")]
+    summary = operation.summary or paragraphs[0].removeprefix("Admin: ").rstrip(".")
+    summary = summary[:1].upper() + summary[1:]
+    rest = paragraphs[1:] if not operation.summary else []
+    description = "\n\n".join(
+        [p for p in rest if p] + [operation.description] * bool(operation.description)
+    )
+    return summary, description
+
+
+def _add(paths: dict[str, dict[str, Any]], path: str, method: str, described: dict) -> None:
     if method in paths.setdefault(path, {}):
         raise ValueError(f"two operations describe {method.upper()} {path}")
     paths[path][method] = described
@@ -82,20 +132,19 @@ def _add(paths: dict[str, dict[str, Any]], path: str, operation: tuple[str, dict
 
 def _operation(
     operation: Operation,
+    summary: str,
+    description: str,
+    path: str,
     model: str,
-    operation_id: str,
     client_auth: bool,
     endpoint: str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    out: dict[str, Any] = {
-        "operationId": operation_id,
-        "summary": operation.summary,
-        "tags": [endpoint if endpoint else operation.tag],
-    }
-    if operation.description:
-        out["description"] = operation.description
-    names = [n for n in _variables(operation.path) if not (endpoint and n == "endpoint")]
-    params = [PATH_PARAMETERS[n] for n in names] + list(operation.query)
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "tags": [endpoint if endpoint else operation.tag]}
+    if description:
+        out["description"] = description
+    names = [n for n in _variables(path) if not (endpoint and n == "endpoint")]
+    params = [operation.path_parameters.get(n) or PATH_PARAMETERS[n] for n in names]
+    params += list(operation.query)
     if params:
         out["parameters"] = [{"$ref": f"#/components/parameters/{p}"} for p in params]
     if operation.body is not None:
@@ -123,15 +172,16 @@ def _operation(
         out["security"] = [{ADMIN: []}]
     elif operation.client and client_auth:
         out["security"] = [{CLIENT: []}, {ADMIN: []}]
-    return operation.method, out
+    else:
+        # Public: no credentials needed (the dashboard's optional token is a query parameter).
+        out["security"] = []
+    return out
 
 
 def _response(reply: Reply) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": reply.description}
+    out: dict[str, Any] = {"description": reply.description, "headers": REQUEST_ID | reply.headers}
     if reply.content:
         out["content"] = reply.content
-    if reply.headers:
-        out["headers"] = reply.headers
     if reply.links:
         out["links"] = reply.links
     return out
@@ -154,17 +204,15 @@ def _variables(path: str) -> list[str]:
 
 
 def _tags(endpoints: list[str]) -> list[dict[str, str]]:
-    tags = [
-        {"name": "default endpoint", "description": "The tutorial routes: DEFAULT_ENDPOINT."},
+    return [
+        {"name": "default endpoint", "description": TAGS["default endpoint"]},
         *(
             {"name": e, "description": f"Endpoint {e!r}, with its models' schemas."}
             for e in endpoints
         ),
-        {"name": "any endpoint", "description": "The same routes for any endpoint."},
+        *(
+            {"name": name, "description": text}
+            for name, text in TAGS.items()
+            if name != "default endpoint"
+        ),
     ]
-    seen = {t["name"] for t in tags}
-    for operation in OPERATIONS:
-        if operation.tag not in seen:
-            seen.add(operation.tag)
-            tags.append({"name": operation.tag})
-    return tags

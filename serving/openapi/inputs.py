@@ -135,13 +135,29 @@ def truth_schema(models: Iterable[LoadedModel]) -> dict[str, Any]:
                 # JSON Schema tells 1 from "1" (and from true), so compare types too.
                 if not any(type(value) is type(known) and value == known for known in labels):
                     labels.append(value)
+    # One enum per JSON type: a generated client types an enum by its values, and one that
+    # mixes 0 and "0" is dropped (with the operations that use it).
     choices: list[dict[str, Any]] = []
-    if labels:
-        choices.append({"enum": labels})
+    for kind in ("boolean", "integer", "number", "string"):
+        values = [v for v in labels if _json_type(v) == kind]
+        if values:
+            choices.append({"type": kind, "enum": values})
     if regression:
         choices.append({"type": "number", "minimum": low, "maximum": high})
     schema = choices[0] if len(choices) == 1 else {"anyOf": choices}
     return {**schema, "description": "The true class of the stored prediction (or value)."}
+
+
+def _json_type(value: Any) -> str:
+    """A label's JSON type (labels are plain Python values: LoadedModel.classes). bool is
+    tested first: an int in Python, not in JSON."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string"
 
 
 def endpoint_components(

@@ -1,8 +1,10 @@
-"""Every route of the service, one `Operation` per method and path.
+"""What the views' own code cannot say about them: per Flask endpoint, the request and reply
+schemas, the error statuses, who may call it. Method and path come from the app's URL map,
+the summary and description from the view's docstring (serving/openapi/document.py).
 
-Adding a route? Add one entry to OPERATIONS: its method, its path with `{name}` for each
-variable, the success reply and the error statuses it can answer. tests/test_openapi.py fails
-naming any route of the app that has no entry here.
+Adding a route? Write its view with a docstring (first paragraph: the summary) and add one
+entry to OPERATIONS under its Flask endpoint name (`blueprint.function`). tests/test_openapi.py
+fails naming any route without an entry, and any entry without a route.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.lifecycle import STATUSES
 from serving.openapi.components import (
     ANY,
     ERRORS,
@@ -54,12 +57,8 @@ class Body:
 
 @dataclass(frozen=True)
 class Operation:
-    """One method on one path, as the document shows it."""
+    """What the document says of one view beyond its method, path and docstring."""
 
-    method: str
-    path: str
-    operation_id: str
-    summary: str
     tag: str
     reply: Reply
     errors: tuple[int, ...] = ()
@@ -73,7 +72,14 @@ class Operation:
     per_endpoint: bool = False
     # Uses the default endpoint's model schemas (the tutorial routes).
     default_endpoint: bool = False
+    # Said after the docstring's own description.
     description: str = ""
+    # Only for a view whose docstring is not ours (Flask's static files view).
+    summary: str = ""
+    # Default: the view function's name (with `_<method>` when it serves several methods).
+    operation_id: str = ""
+    # A path variable whose parameter is not the usual one for its name (PATH_PARAMETERS).
+    path_parameters: dict[str, str] = field(default_factory=dict)
     # Other answers that are not errors (such as /ready's 503).
     more: tuple[Reply, ...] = ()
 
@@ -88,9 +94,9 @@ def json_body(schema: dict[str, Any], required: bool = True, description: str = 
     return Body({JSON: {"schema": schema}}, required, description)
 
 
-def file_reply(description: str) -> Reply:
-    """A static file, of whatever type its name says."""
-    return Reply(200, {"*/*": {"schema": {"type": "string", "format": "binary"}}}, description)
+def file_reply(description: str, *types: str) -> Reply:
+    """A static file, of one of these types (its name says which)."""
+    return Reply(200, {t: {"schema": {"type": "string"}} for t in types}, description)
 
 
 def html_reply(status: int = 200, description: str = "The page.") -> Reply:
@@ -131,7 +137,8 @@ BATCH_BODY = Body(
                 file={
                     "type": "string",
                     "contentMediaType": "text/csv",
-                    "description": "The CSV (or a .json file of rows).",
+                    "description": "The CSV (or a .json file of rows): a file part, or a plain "
+                    "field holding the text.",
                 },
             )
         },
@@ -139,18 +146,35 @@ BATCH_BODY = Body(
     description="A JSON array of predict bodies, CSV text, or an uploaded CSV file; a body "
     "of any other type is read as JSON.",
 )
+
+
+def _count(what: str) -> dict[str, Any]:
+    return {
+        "description": f"CSV answers only: {what}.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+
+
 BATCH_REPLY = Reply(
     200,
     {
         JSON: {"schema": ref("BatchAnswer")},
         CSV: {"schema": {"type": "string", "description": "One line per row, in input order."}},
     },
-    "One answer per row in input order: JSON, or CSV when `Accept` prefers text/csv.",
+    "One answer per row in input order: JSON, or CSV when `Accept` prefers text/csv (its "
+    "counts then in the X-Batch-* headers, as JSON's `counts`).",
     headers={
-        "X-Batch-Ok": {
-            "description": "CSV answers: rows scored (also X-Batch-<status> per error status).",
+        "X-Batch-Rows": _count("rows read"),
+        "X-Batch-Answered": _count("rows answered with a prediction (stored or replayed)"),
+        "X-Batch-Stored": _count("predictions stored anew"),
+        "X-Batch-Replayed": _count("rows whose id and observation were stored already"),
+        "X-Batch-Invalid": _count("rows refused as invalid (422)"),
+        "X-Batch-Conflicts": _count("ids stored with a different observation (409)"),
+        "X-Batch-Warnings": {
+            "description": "CSV answers with batch warnings only: the warnings, "
+            "percent-encoded, at most 4,000 characters.",
             "schema": {"type": "string"},
-        }
+        },
     },
 )
 BATCH_DESCRIPTION = (
@@ -159,13 +183,22 @@ BATCH_DESCRIPTION = (
 )
 WHO_BODY = json_body(ref("Who"), required=False, description="Optional: who and why.")
 
-OPERATIONS: tuple[Operation, ...] = (
+TAGS = {
+    "default endpoint": "The tutorial routes: DEFAULT_ENDPOINT.",
+    "any endpoint": "The same routes for any endpoint.",
+    "operations": "Probes and metrics.",
+    "documentation": "This document and its interactive view.",
+    "dashboard": "HTML pages for people.",
+    "endpoints and versions": "Endpoints, their versions and statuses, model metadata.",
+    "quality and drift": "Quality from ground truth, and inputs against training.",
+    "A/B tests and shadows": "Comparing versions on live traffic.",
+}
+
+STATUS = {"enum": [*STATUSES, None]}
+
+OPERATIONS: dict[str, Operation] = {
     # The tutorial routes, served by the default endpoint.
-    Operation(
-        "post",
-        "/predict",
-        "predict_default",
-        "Score one observation with the default endpoint",
+    "predictions.predict_default": Operation(
         "default endpoint",
         PREDICT_REPLY,
         SCORING,
@@ -174,11 +207,7 @@ OPERATIONS: tuple[Operation, ...] = (
         client=True,
         description=PREDICT_DESCRIPTION,
     ),
-    Operation(
-        "post",
-        "/update",
-        "update_default",
-        "Record the true class of a default-endpoint prediction",
+    "predictions.update_default": Operation(
         "default endpoint",
         UPDATE_REPLY,
         (400, 404, 413, 422, 503),
@@ -186,11 +215,7 @@ OPERATIONS: tuple[Operation, ...] = (
         default_endpoint=True,
         client=True,
     ),
-    Operation(
-        "post",
-        "/predict/batch",
-        "predict_batch_default",
-        "Score a batch with the default endpoint",
+    "batch.predict_batch_default": Operation(
         "default endpoint",
         BATCH_REPLY,
         SCORING,
@@ -201,28 +226,13 @@ OPERATIONS: tuple[Operation, ...] = (
         description=BATCH_DESCRIPTION,
     ),
     # Probes and metrics.
-    Operation(
-        "get",
-        "/health",
-        "health",
-        "The process is up",
-        "operations",
-        json_reply(obj(["status"], status={"const": "ok"})),
-    ),
-    Operation(
-        "get",
-        "/ready",
-        "ready",
-        "The database answers and models are loaded",
+    "health.health": Operation("operations", json_reply(obj(["status"], status={"const": "ok"}))),
+    "health.ready": Operation(
         "operations",
         json_reply(ref("Ready"), description="Ready."),
         more=(json_reply(ref("Ready"), 503, "Not ready: `checks` says why."),),
     ),
-    Operation(
-        "get",
-        "/metrics",
-        "metrics",
-        "Prometheus metrics, summed over every worker",
+    "metrics.scrape": Operation(
         "operations",
         Reply(
             200,
@@ -232,83 +242,60 @@ OPERATIONS: tuple[Operation, ...] = (
             },
             "The Prometheus text format (OpenMetrics when Accept asks for it).",
         ),
+        operation_id="metrics",
     ),
-    Operation(
-        "get",
-        "/openapi.json",
-        "openapi",
-        "This document",
-        "documentation",
-        json_reply({"type": "object"}),
+    "docs.openapi_json": Operation(
+        "documentation", json_reply({"type": "object"}), operation_id="openapi"
     ),
-    Operation(
-        "get",
-        "/docs",
-        "docs",
-        "Interactive documentation of this document (Swagger UI, served locally)",
+    "docs.docs": Operation("documentation", html_reply()),
+    "docs.asset": Operation(
         "documentation",
-        Reply(200, {HTML: {"schema": {"type": "string"}}}),
-    ),
-    Operation(
-        "get",
-        "/docs/assets/{filename}",
-        "docs_asset",
-        "One of Swagger UI's files, from the installed flask-swagger-ui package",
-        "documentation",
-        file_reply("The file (JavaScript, CSS, an icon)."),
+        file_reply(
+            "The file (JavaScript, CSS, an icon).",
+            "text/css",
+            "text/javascript",
+            "image/png",
+            "application/octet-stream",
+        ),
         (404,),
+        operation_id="docs_asset",
     ),
     # Pages for people.
-    Operation(
-        "get",
-        "/",
-        "dashboard",
-        "The dashboard: every endpoint, its versions, traffic and running A/B tests",
+    "dashboard.index": Operation(
         "dashboard",
         html_reply(),
         query=("DashboardToken",),
+        operation_id="dashboard",
         more=(
             html_reply(401, "DASHBOARD_TOKEN is set and the request does not carry it."),
             html_reply(503, "The database is unreachable."),
         ),
     ),
-    Operation(
-        "get",
-        "/dashboard/{endpoint}",
-        "dashboard_endpoint",
-        "One endpoint's dashboard: versions, traffic, quality, calibration, drift, A/B tests",
+    "dashboard.endpoint": Operation(
         "dashboard",
         html_reply(),
         query=("DashboardToken", "VersionOrProduction", "Window"),
+        operation_id="dashboard_endpoint",
+        path_parameters={"name": "DashboardEndpoint"},
         more=tuple(
             html_reply(status, f"The error page: {ERRORS[status][1]}")
             for status in (400, 401, 404, 409, 503)
         ),
     ),
-    Operation(
-        "get",
-        "/dashboard/static/{filename}",
-        "dashboard_static",
-        "The dashboard's stylesheet",
+    "dashboard.static": Operation(
         "dashboard",
-        file_reply("The file."),
+        file_reply("The file.", "text/css"),
         (404,),
+        summary="The dashboard's stylesheet",
+        operation_id="dashboard_static",
     ),
     # Endpoints, versions and statuses.
-    Operation(
-        "get",
-        "/api/v1/endpoints",
-        "list_endpoints",
-        "Every endpoint with its versions and their statuses",
+    "endpoints.list_endpoints": Operation(
         "endpoints and versions",
         json_reply(obj(["endpoints"], endpoints=array(ref("EndpointSummary")))),
         (503,),
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}",
-        "endpoint_info",
-        "One endpoint: versions, statuses, input schema, model.json keys",
+    "endpoints.endpoint_info": Operation(
         "endpoints and versions",
         json_reply(
             obj(
@@ -320,11 +307,7 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
         (404, 503),
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/key/{name}",
-        "metadata_key",
-        "One model.json key of a version (default: the production version)",
+    "endpoints.metadata_key": Operation(
         "endpoints and versions",
         json_reply(
             obj(
@@ -338,44 +321,31 @@ OPERATIONS: tuple[Operation, ...] = (
         (404, 409, 503),
         query=("VersionQuery",),
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/history",
-        "status_history",
-        "Every status change of the endpoint's versions, oldest first",
+    "endpoints.status_history": Operation(
         "endpoints and versions",
         json_reply(obj(["endpoint", "history"], endpoint=STRING, history=array(ref("HistoryRow")))),
         (404, 503),
     ),
-    *(
-        Operation(
-            method,
-            "/api/v1/{endpoint}/versions/{version}/status",
-            f"change_status_{method}",
-            "Move a version to testing, staging, production or archived",
-            "endpoints and versions",
-            json_reply(
-                obj(
-                    ["endpoint", "version", "status", "changed"],
-                    endpoint=STRING,
-                    version=STRING,
-                    status=STRING,
-                    changed=array(obj(["version", "from", "to"], version=STRING, to=STRING)),
-                )
-            ),
-            (400, 404, 409, 413, 422, 503),
-            json_body(ref("StatusChange")),
-            admin=True,
-            description="Promoting to production archives the previous production version.",
-        )
-        for method in ("put", "post")
+    "endpoints.change_status": Operation(
+        "endpoints and versions",
+        json_reply(
+            obj(
+                ["endpoint", "version", "status", "changed"],
+                endpoint=STRING,
+                version=STRING,
+                status=STRING,
+                changed=array(
+                    obj(["version", "from", "to"], version=STRING, to=STATUS, **{"from": STATUS})
+                ),
+            )
+        ),
+        (400, 404, 409, 413, 422, 503),
+        json_body(ref("StatusChange")),
+        admin=True,
+        description="Promoting to production archives the previous production version.",
     ),
     # Predictions on any endpoint.
-    Operation(
-        "post",
-        "/api/v1/{endpoint}/predict",
-        "predict",
-        "Score one observation",
+    "predictions.predict": Operation(
         "any endpoint",
         PREDICT_REPLY,
         SCORING,
@@ -385,24 +355,15 @@ OPERATIONS: tuple[Operation, ...] = (
         client=True,
         description=PREDICT_DESCRIPTION,
     ),
-    Operation(
-        "post",
-        "/api/v1/{endpoint}/update",
-        "update",
-        "Record the true class (or value) of a stored prediction",
+    "predictions.update": Operation(
         "any endpoint",
         UPDATE_REPLY,
         (400, 404, 413, 422, 503),
         UPDATE_BODY,
         per_endpoint=True,
         client=True,
-        description="A second update overwrites the first and sets `updated_at`.",
     ),
-    Operation(
-        "post",
-        "/api/v1/{endpoint}/predict/batch",
-        "predict_batch",
-        "Score a batch (JSON rows or CSV)",
+    "batch.predict_batch": Operation(
         "any endpoint",
         BATCH_REPLY,
         SCORING,
@@ -413,11 +374,7 @@ OPERATIONS: tuple[Operation, ...] = (
         description=BATCH_DESCRIPTION,
     ),
     # Quality and drift.
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/performance",
-        "performance",
-        "Per-version quality from ground truth",
+    "quality.performance": Operation(
         "quality and drift",
         json_reply(
             obj(
@@ -431,11 +388,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (400, 404, 503),
         query=("VersionQuery", "Since", "Until"),
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/drift",
-        "drift",
-        "Recent inputs of a version against its training profile (PSI per input)",
+    "drift.drift": Operation(
         "quality and drift",
         json_reply(
             obj(
@@ -455,11 +408,7 @@ OPERATIONS: tuple[Operation, ...] = (
         query=("VersionOrProduction", "Window"),
     ),
     # A/B tests and shadows.
-    Operation(
-        "post",
-        "/api/v1/{endpoint}/ab-tests",
-        "start_test",
-        "Start an A/B test between two versions",
+    "experiments.start_test": Operation(
         "A/B tests and shadows",
         Reply(
             201,
@@ -480,40 +429,22 @@ OPERATIONS: tuple[Operation, ...] = (
         json_body(ref("AbTestStart")),
         admin=True,
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/ab-tests",
-        "list_tests",
-        "The endpoint's A/B tests, newest first",
+    "experiments.list_tests": Operation(
         "A/B tests and shadows",
         json_reply(obj(["endpoint", "ab_tests"], endpoint=STRING, ab_tests=array(ref("AbTest")))),
         (404, 409, 503),
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/ab-tests/{test_id}",
-        "show_test",
-        "One A/B test: per-arm figures and the verdict",
-        "A/B tests and shadows",
-        json_reply(ref("AbTest")),
-        (404, 409, 503),
+    "experiments.show_test": Operation(
+        "A/B tests and shadows", json_reply(ref("AbTest")), (404, 409, 503)
     ),
-    Operation(
-        "post",
-        "/api/v1/{endpoint}/ab-tests/{test_id}/stop",
-        "stop_test",
-        "Stop a test; promote a significant (or forced) winner",
+    "experiments.stop_test": Operation(
         "A/B tests and shadows",
         json_reply(ref("AbTest")),
         (400, 404, 409, 413, 422, 503),
         json_body(ref("AbTestStop"), required=False),
         admin=True,
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/shadows",
-        "list_shadows",
-        "Shadow versions with their comparison, and the history of changes",
+    "experiments.list_shadows": Operation(
         "A/B tests and shadows",
         json_reply(
             obj(
@@ -525,35 +456,21 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
         (404, 503),
     ),
-    Operation(
-        "get",
-        "/api/v1/{endpoint}/shadows/{version}",
-        "show_shadow",
-        "A shadow version against the answering versions on the same labelled rows",
-        "A/B tests and shadows",
-        json_reply(ref("Shadow")),
-        (404, 503),
+    "experiments.show_shadow": Operation(
+        "A/B tests and shadows", json_reply(ref("Shadow")), (404, 503)
     ),
-    Operation(
-        "put",
-        "/api/v1/{endpoint}/shadows/{version}",
-        "enable_shadow",
-        "Make a version score every request without answering",
+    "experiments.enable_shadow": Operation(
         "A/B tests and shadows",
         json_reply(ref("ShadowChange")),
         (400, 404, 413, 422, 503),
         WHO_BODY,
         admin=True,
     ),
-    Operation(
-        "delete",
-        "/api/v1/{endpoint}/shadows/{version}",
-        "disable_shadow",
-        "Stop shadowing; scores already stored stay",
+    "experiments.disable_shadow": Operation(
         "A/B tests and shadows",
         json_reply(ref("ShadowChange")),
         (400, 404, 413, 422, 503),
         WHO_BODY,
         admin=True,
     ),
-)
+}
