@@ -493,6 +493,15 @@ def test_an_empty_version_or_status_is_the_same_as_none(docs_client, spec):
             json=[{"id": f"empty-batch-{query}", "observation": example}],
         )
         assert response.status_code == 200, query
+    # With an A/B test running, an empty ?status= lets the test choose, as no ?status= does.
+    started = admin(
+        docs_client, "POST", "/api/v1/income/ab-tests", {"version_a": "1", "version_b": "2"}
+    )
+    assert started.status_code == 201, started.get_json()
+    response = docs_client.post(
+        "/api/v1/income/predict?status=", json={"id": "empty-ab", "observation": example}
+    )
+    assert response.get_json()["ab_test"] == started.get_json()["id"]
     assert docs_client.get("/api/v1/income/key/name?version=").status_code == 200
     assert docs_client.get("/api/v1/income/performance?version=").status_code == 200
     for name in ("VersionQuery", "StatusQuery"):

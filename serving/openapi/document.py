@@ -117,11 +117,10 @@ def _docs(view: Callable[..., Any], operation: Operation) -> tuple[str, str]:
     paragraphs = [" ".join(p.split()) for p in (inspect.getdoc(view) or "").split("\n\n")]
     summary = operation.summary or paragraphs[0].removeprefix("Admin: ").rstrip(".")
     summary = summary[:1].upper() + summary[1:]
-    rest = paragraphs[1:] if not operation.summary else []
-    description = "\n\n".join(
-        [p for p in rest if p] + [operation.description] * bool(operation.description)
-    )
-    return summary, description
+    parts = [] if operation.summary else [p for p in paragraphs[1:] if p]
+    if operation.description:
+        parts.append(operation.description)
+    return summary, "\n\n".join(parts)
 
 
 def _add(paths: dict[str, dict[str, Any]], path: str, method: str, described: dict) -> None:

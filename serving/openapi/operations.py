@@ -106,7 +106,6 @@ def html_reply(status: int = 200, description: str = "The page.") -> Reply:
 
 # The statuses every predict-like operation can answer.
 SCORING = (400, 404, 409, 413, 422, 503)
-ADMIN_ERRORS = (401, 403)
 
 PREDICT_BODY = json_body(ref(f"{MODEL}PredictRequest"))
 PREDICT_REPLY = json_reply(ref("Prediction"), description="The prediction, stored.")
