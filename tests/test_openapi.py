@@ -537,7 +537,8 @@ def test_the_batch_headers_and_request_ids_are_the_real_ones(docs_client, spec):
         for status, response in operation["responses"].items():
             headers = resolve(spec, response).get("headers", {})
             assert "X-Request-ID" in headers, (method, path, status)
-    assert "Retry-After" in spec["components"]["responses"]["Unavailable"]["headers"]
+            if status == "503":
+                assert "Retry-After" in headers, (method, path, status)
 
 
 def test_public_operations_say_they_need_no_credentials(spec):

@@ -99,9 +99,14 @@ def file_reply(description: str, *types: str) -> Reply:
     return Reply(200, {t: {"schema": {"type": "string"}} for t in types}, description)
 
 
+# Every 503 says when to come back.
+RETRY = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+
+
 def html_reply(status: int = 200, description: str = "The page.") -> Reply:
     """An HTML page (the dashboard answers its errors as pages too)."""
-    return Reply(status, {HTML: {"schema": {"type": "string"}}}, description)
+    headers = RETRY if status == 503 else {}
+    return Reply(status, {HTML: {"schema": {"type": "string"}}}, description, headers)
 
 
 # The statuses every predict-like operation can answer.
@@ -229,7 +234,9 @@ OPERATIONS: dict[str, Operation] = {
     "health.ready": Operation(
         "operations",
         json_reply(ref("Ready"), description="Ready."),
-        more=(json_reply(ref("Ready"), 503, "Not ready: `checks` says why."),),
+        more=(
+            Reply(503, {JSON: {"schema": ref("Ready")}}, "Not ready: `checks` says why.", RETRY),
+        ),
     ),
     "metrics.scrape": Operation(
         "operations",
