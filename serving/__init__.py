@@ -10,6 +10,7 @@ from flask import Flask
 
 from serving import cli, database, dataplane, logs, migrations
 from serving.config import Settings
+from serving.dashboard import views as dashboard
 from serving.errors import register_error_handlers
 from serving.experiments import Experiments
 from serving.http import register_blueprints
@@ -53,6 +54,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     logs.init_app(app)
     register_error_handlers(app)
     register_blueprints(app)
+    app.register_blueprint(dashboard.blueprint)
     cli.init_app(app)
     return app
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import secrets
-import threading
-import time
 from typing import Any
 
 import click
@@ -20,8 +18,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from serving import database, migrations
-from serving.database import run_with_retry, write_transaction
+from serving.database import unit_of_work
 from serving.errors import Conflict, InvalidInput, NotFound, ServiceError, detail
+from serving.refreshing import Refreshing
 from serving.tables import ApiKey, iso, utcnow
 
 # Recognisable in logs and secret scanners; the rest is secrets.token_urlsafe(32).
@@ -43,13 +42,8 @@ def create_key(name: str, created_by: str) -> str:
             [detail("name", f"got {name!r}")],
         )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-
-    def work() -> None:
-        with write_transaction():
-            ApiKey.create(name=name, key_hash=key_hash(key), created_by=created_by[:200])
-
     try:
-        run_with_retry(work)
+        _create(name, key_hash(key), created_by[:200])
     except peewee.IntegrityError as exc:
         raise Conflict(
             f"A key named {name!r} exists already (revoked keys keep their name).",
@@ -60,36 +54,21 @@ def create_key(name: str, created_by: str) -> str:
 
 def list_keys() -> list[dict[str, Any]]:
     """Every key, revoked or not, oldest first; never the key or its hash."""
-
-    def work() -> list[dict[str, Any]]:
-        return [
-            {
-                "name": k.name,
-                "created_by": k.created_by,
-                "created_at": iso(k.created_at),
-                "revoked_at": iso(k.revoked_at),
-            }
-            for k in ApiKey.select().order_by(ApiKey.id)
-        ]
-
-    return run_with_retry(work)
+    return [
+        {
+            "name": k.name,
+            "created_by": k.created_by,
+            "created_at": iso(k.created_at),
+            "revoked_at": iso(k.revoked_at),
+        }
+        for k in _keys()
+    ]
 
 
 def revoke_key(name: str) -> bool:
     """Revoke a key by name; False when it was revoked already. Every worker refuses it within
     its refresh interval (STATUS_REFRESH_SECONDS)."""
-
-    def work() -> int | None:
-        with write_transaction():
-            if not ApiKey.select().where(ApiKey.name == name).exists():
-                return None
-            return (
-                ApiKey.update(revoked_at=utcnow())
-                .where((ApiKey.name == name) & ApiKey.revoked_at.is_null())
-                .execute()
-            )
-
-    changed = run_with_retry(work)
+    changed = _revoke(name)
     if changed is None:
         raise NotFound(f"No key is named {name!r}.", [detail("name", "unknown key")])
     return changed > 0
@@ -101,22 +80,38 @@ class ClientKeys:
     per request."""
 
     def __init__(self, refresh_seconds: float):
-        self._refresh = refresh_seconds
-        self._lock = threading.Lock()
-        self._cached: dict[str, tuple[str, bool]] = {}
-        self._read_at = float("-inf")
+        self._hashes: Refreshing[dict[str, tuple[str, bool]]] = Refreshing(
+            _read_hashes, refresh_seconds, {}
+        )
 
     def lookup(self, key: str) -> tuple[str, bool] | None:
         """(name, active) of the key, or None when no key hashes to it."""
-        if time.monotonic() - self._read_at > self._refresh:
-            fresh = run_with_retry(_read_hashes)
-            with self._lock:
-                self._cached, self._read_at = fresh, time.monotonic()
-        return self._cached.get(key_hash(key))
+        return self._hashes.get().get(key_hash(key))
 
     def forget(self) -> None:
         """Drop the cache: the next lookup reads the database."""
-        self._read_at = float("-inf")
+        self._hashes.forget()
+
+
+@unit_of_work(write=True)
+def _create(name: str, hashed: str, created_by: str) -> None:
+    ApiKey.create(name=name, key_hash=hashed, created_by=created_by)
+
+
+@unit_of_work()
+def _keys() -> list[ApiKey]:
+    return list(ApiKey.select().order_by(ApiKey.id))
+
+
+@unit_of_work(write=True)
+def _revoke(name: str) -> int | None:
+    if not ApiKey.select().where(ApiKey.name == name).exists():
+        return None
+    return (
+        ApiKey.update(revoked_at=utcnow())
+        .where((ApiKey.name == name) & ApiKey.revoked_at.is_null())
+        .execute()
+    )
 
 
 def _read_hashes() -> dict[str, tuple[str, bool]]:

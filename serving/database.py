@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import heapq
 import logging
 import os
@@ -10,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 db = peewee.DatabaseProxy()
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # Errors that mean "the database is not there", as opposed to a bad statement or a constraint.
 CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
@@ -349,6 +351,35 @@ def run_with_retry(work: Callable[[], T], long_running: bool = False) -> T:
         _depth.value -= 1
         if not _depth.value:
             release_connection()
+
+
+def unit_of_work(
+    *, write: bool = False, long_running: bool | Callable[..., bool] = False
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator: every call of the function is one unit of database work, run by
+    `run_with_retry` (retried once on a lost connection, cut past its deadline, its
+    connection given back after), inside a `write_transaction` when `write`.
+
+    `long_running` (batch writes, reports: DB_LONG_STATEMENT_TIMEOUT_MS) may be a function
+    of the call's arguments. Errors the function raises (a 404, a 409) pass through and roll
+    its transaction back, as they would from a `work` closure handed to `run_with_retry`.
+    """
+
+    def decorate(function: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            def work() -> T:
+                if write:
+                    with write_transaction():
+                        return function(*args, **kwargs)
+                return function(*args, **kwargs)
+
+            long = long_running(*args, **kwargs) if callable(long_running) else long_running
+            return run_with_retry(work, long_running=long)
+
+        return run
+
+    return decorate
 
 
 def init_app(app: Flask, settings: Settings) -> None:

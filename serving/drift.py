@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.database import run_with_retry
+from serving.database import unit_of_work
 from serving.errors import BadRequest, detail
 from serving.runtime import LoadedModel
 from serving.tables import Prediction, iso, utcnow
@@ -55,7 +55,7 @@ MIN_CATEGORY_SHARE = 0.01
 DEFAULT_WINDOW_ROWS = 1000
 MAX_WINDOW_ROWS = 100_000
 MAX_WINDOW_SECONDS = 366 * 86400
-STABLE, MODERATE_DRIFT, MAJOR_DRIFT, NO_DATA = "stable", "moderate", "major", "no_data"
+STABLE, MODERATE_DRIFT, MAJOR_DRIFT, NO_OBSERVATIONS = "stable", "moderate", "major", "no_data"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -72,7 +72,7 @@ def psi(training: Sequence[float], recent: Sequence[float], epsilon: float = EPS
 def classify(value: float | None) -> str:
     """stable below 0.1, moderate from 0.1 to 0.25, major above; no_data without a PSI."""
     if value is None:
-        return NO_DATA
+        return NO_OBSERVATIONS
     if value < MODERATE:
         return STABLE
     return MODERATE_DRIFT if value <= MAJOR else MAJOR_DRIFT
@@ -331,21 +331,22 @@ class Recent:
     newest: Any = None
 
 
+@unit_of_work(long_running=True)  # a report: may outlast a request's limit
+def _latest_rows(endpoint: str, version: str, window: Window) -> list[tuple[str, Any]]:
+    query = Prediction.select(Prediction.observation, Prediction.created_at).where(
+        (Prediction.endpoint == endpoint) & (Prediction.model_version == version)
+    )
+    if window.seconds is not None:
+        since = utcnow() - dt.timedelta(seconds=window.seconds)
+        query = query.where(Prediction.created_at >= since)
+    query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc())
+    return list(query.limit(window.rows).tuples())
+
+
 def recent_observations(endpoint: str, version: str, window: Window) -> Recent:
     """The observations of one version's latest predictions in the window (this reads the
     database; the index on endpoint, model_version, created_at serves it)."""
-
-    def work() -> list[tuple[str, Any]]:
-        query = Prediction.select(Prediction.observation, Prediction.created_at).where(
-            (Prediction.endpoint == endpoint) & (Prediction.model_version == version)
-        )
-        if window.seconds is not None:
-            since = utcnow() - dt.timedelta(seconds=window.seconds)
-            query = query.where(Prediction.created_at >= since)
-        query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc())
-        return list(query.limit(window.rows).tuples())
-
-    rows = run_with_retry(work, long_running=True)  # a report: may outlast a request's limit
+    rows = _latest_rows(endpoint, version, window)
     if not rows:
         return Recent([])
     return Recent([json.loads(text) for text, _ in rows], rows[-1][1], rows[0][1])
@@ -408,7 +409,7 @@ def _summary(
     counts = {STABLE: 0, MODERATE_DRIFT: 0, MAJOR_DRIFT: 0}
     if not rows:
         return {
-            "class": NO_DATA,
+            "class": NO_OBSERVATIONS,
             "message": f"No predictions of {endpoint!r} version {version!r} in this window.",
             "max_psi": None,
             "features": counts,
@@ -419,7 +420,7 @@ def _summary(
     ranked = sorted(features, key=lambda f: -f["psi"])
     worst = next((c for c in (MAJOR_DRIFT, MODERATE_DRIFT) if counts[c]), STABLE)
     return {
-        "class": worst if features else NO_DATA,
+        "class": worst if features else NO_OBSERVATIONS,
         "message": None if features else "No input has a training profile to compare with.",
         "max_psi": ranked[0]["psi"] if ranked else None,
         "features": counts,

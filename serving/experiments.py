@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from serving import statistics
-from serving.database import run_with_retry, write_transaction
+from serving.database import unit_of_work
 from serving.errors import Conflict, InvalidInput, NotFound, detail
 from serving.lifecycle import (
     ARCHIVED,
@@ -28,6 +26,7 @@ from serving.lifecycle import (
 )
 from serving.payloads import id_key
 from serving.quality import Measurement, logged, measure
+from serving.refreshing import Refreshing
 from serving.registry import Registry
 from serving.tables import AbTest, iso, utcnow
 
@@ -36,7 +35,7 @@ ARMS = ("A", "B")
 # Below this many labelled rows per arm no verdict is called, whatever the p-value: the
 # normal approximation behind the z-test is poor on a handful of rows.
 MIN_LABELLED_PER_ARM = 30
-A_BETTER, B_BETTER, NOT_YET, NO_DATA = (
+A_BETTER, B_BETTER, NOT_YET, NO_LABELLED_DATA = (
     "A better",
     "B better",
     "not yet significant",
@@ -72,18 +71,13 @@ class Experiments:
     def __init__(self, registry: Registry, lifecycle: Lifecycle, refresh_seconds: float):
         self._registry = registry
         self._lifecycle = lifecycle
-        self._refresh = refresh_seconds
-        self._lock = threading.Lock()
-        self._running: dict[str, RunningTest] = {}
-        self._read_at = float("-inf")
+        self._running: Refreshing[dict[str, RunningTest]] = Refreshing(
+            _read_running, refresh_seconds, {}
+        )
 
     def running(self, endpoint: str) -> RunningTest | None:
         """The endpoint's running test, at most `refresh_seconds` old."""
-        if time.monotonic() - self._read_at > self._refresh:
-            fresh = run_with_retry(_read_running)
-            with self._lock:
-                self._running, self._read_at = fresh, time.monotonic()
-        return self._running.get(endpoint)
+        return self._running.get().get(endpoint)
 
     def start(
         self,
@@ -94,13 +88,19 @@ class Experiments:
         name: Any = None,
         by: str = "admin-api",
     ) -> dict[str, Any]:
-        """Start a test between two served versions; 409 if the endpoint already runs one."""
+        """Start a test between two served versions; 404 naming a version the endpoint does
+        not have, 409 if the endpoint already runs a test."""
         versions = self._registry.endpoint(endpoint)
         for field, version in (("version_a", version_a), ("version_b", version_b)):
-            if not isinstance(version, str) or version not in versions:
+            if not isinstance(version, str):
                 raise InvalidInput(
                     f"'{field}' must name a version of {endpoint!r}.",
                     [detail(field, f"expected one of {sorted(versions)}, got {version!r}")],
+                )
+            if version not in versions:
+                raise NotFound(
+                    f"Endpoint {endpoint!r} has no version {version!r}.",
+                    [detail(field, f"unknown; known: {sorted(versions)}")],
                 )
         if version_a == version_b:
             raise InvalidInput(
@@ -120,40 +120,15 @@ class Experiments:
                     f"Version {version!r} is archived; change its status before testing it.",
                     [detail(field, "archived")],
                 )
-
-        def work() -> AbTest:
-            with write_transaction():
-                lock_statuses()
-                if AbTest.get_or_none((AbTest.endpoint == endpoint) & (AbTest.state == RUNNING)):
-                    raise Conflict(
-                        f"Endpoint {endpoint!r} already runs an A/B test; stop it first.",
-                        [detail("endpoint", "an A/B test is running")],
-                    )
-                return AbTest.create(
-                    endpoint=endpoint,
-                    name=name,
-                    version_a=version_a,
-                    version_b=version_b,
-                    split=float(split),
-                    state=RUNNING,
-                    started_by=by,
-                )
-
-        test = run_with_retry(work)
-        self._read_at = float("-inf")
+        test = _start(endpoint, name, version_a, version_b, float(split), by)
+        self._running.forget()
         return self.describe(test)
 
     def find(self, endpoint: str, test_id: int) -> AbTest:
         """One test of an endpoint, or NotFound."""
         self._registry.endpoint(endpoint)
         # Ids are 64-bit: a larger number names no test (the driver would raise, a 500).
-        test = (
-            run_with_retry(
-                lambda: AbTest.get_or_none((AbTest.id == test_id) & (AbTest.endpoint == endpoint))
-            )
-            if 0 <= test_id < 2**63
-            else None
-        )
+        test = _find(endpoint, test_id) if 0 <= test_id < 2**63 else None
         if test is None:
             raise NotFound(
                 f"Endpoint {endpoint!r} has no A/B test {test_id}.",
@@ -163,14 +138,7 @@ class Experiments:
 
     def list(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """Tests (of one endpoint, or all), newest first, each with its comparison."""
-
-        def work() -> list[AbTest]:
-            query = AbTest.select().order_by(AbTest.id.desc())
-            if endpoint is not None:
-                query = query.where(AbTest.endpoint == endpoint)
-            return list(query)
-
-        return [self.describe(test) for test in run_with_retry(work)]
+        return [self.describe(test) for test in _tests(endpoint)]
 
     def describe(self, test: AbTest) -> dict[str, Any]:
         """A test as the API shows it: live figures while running, the stored summary after."""
@@ -209,46 +177,8 @@ class Experiments:
         suffix = f" (A/B test {test.id})"
         by_whom = by[: 200 - len(suffix)] + suffix
 
-        def work() -> None:
-            with write_transaction():
-                lock_statuses()
-                fresh = AbTest.get_by_id(test.id)
-                if fresh.state != RUNNING:
-                    raise Conflict(
-                        f"A/B test {test_id} is already stopped.", [detail("test_id", "stopped")]
-                    )
-                if promoted:
-                    won = test.version_a if chosen == "A" else test.version_b
-                    lost = test.version_b if chosen == "A" else test.version_a
-                    why = reason or (
-                        f"forced winner of A/B test {test.id}"
-                        if winner
-                        else f"won A/B test {test.id}: {summary['verdict']['result']}"
-                    )
-                    apply_change(endpoint, won, PRODUCTION, by_whom, why)
-                    apply_change(endpoint, lost, TESTING, by_whom, f"lost A/B test {test.id}")
-                summary.update(
-                    state=STOPPED,
-                    ended_at=iso(utcnow()),
-                    ended_by=by,
-                    winner=(test.version_a if chosen == "A" else test.version_b)
-                    if chosen
-                    else None,
-                    forced=winner is not None,
-                    promoted=promoted,
-                    reason=reason,
-                )
-                AbTest.update(
-                    state=STOPPED,
-                    ended_at=utcnow(),
-                    ended_by=by,
-                    verdict=summary["verdict"]["result"],
-                    winner=summary["winner"],
-                    summary=json.dumps(summary),
-                ).where(AbTest.id == test.id).execute()
-
-        run_with_retry(work)
-        self._read_at = float("-inf")
+        _stop(test, summary, chosen, promoted, winner, reason, by, by_whom)
+        self._running.forget()
         self._lifecycle.forget()
         return summary
 
@@ -307,7 +237,7 @@ def verdict(a: Measurement, b: Measurement) -> dict[str, Any]:
         rates = a.metrics.get("accuracy"), b.metrics.get("accuracy")
         needed = statistics.rows_per_arm_for_proportions(*rates) if None not in rates else None
     if a.labelled == 0 or b.labelled == 0:
-        outcome = NO_DATA
+        outcome = NO_LABELLED_DATA
     elif (
         result.significant
         and min(a.labelled, b.labelled) >= MIN_LABELLED_PER_ARM
@@ -351,6 +281,86 @@ def _welch(a: Measurement, b: Measurement) -> statistics.TestResult:
     return statistics.welch(
         a.abs_error_sum / a.labelled, va, a.labelled, b.abs_error_sum / b.labelled, vb, b.labelled
     )
+
+
+@unit_of_work(write=True)
+def _stop(
+    test: AbTest,
+    summary: dict[str, Any],
+    chosen: str | None,
+    promoted: bool,
+    winner: str | None,
+    reason: str | None,
+    by: str,
+    by_whom: str,
+) -> None:
+    """Stop a test, and promote its winner, in one transaction taking turns with status
+    changes."""
+    lock_statuses()
+    fresh = AbTest.get_by_id(test.id)
+    if fresh.state != RUNNING:
+        raise Conflict(f"A/B test {test.id} is already stopped.", [detail("test_id", "stopped")])
+    if promoted:
+        won = test.version_a if chosen == "A" else test.version_b
+        lost = test.version_b if chosen == "A" else test.version_a
+        why = reason or (
+            f"forced winner of A/B test {test.id}"
+            if winner
+            else f"won A/B test {test.id}: {summary['verdict']['result']}"
+        )
+        apply_change(test.endpoint, won, PRODUCTION, by_whom, why)
+        apply_change(test.endpoint, lost, TESTING, by_whom, f"lost A/B test {test.id}")
+    summary.update(
+        state=STOPPED,
+        ended_at=iso(utcnow()),
+        ended_by=by,
+        winner=(test.version_a if chosen == "A" else test.version_b) if chosen else None,
+        forced=winner is not None,
+        promoted=promoted,
+        reason=reason,
+    )
+    AbTest.update(
+        state=STOPPED,
+        ended_at=utcnow(),
+        ended_by=by,
+        verdict=summary["verdict"]["result"],
+        winner=summary["winner"],
+        summary=json.dumps(summary),
+    ).where(AbTest.id == test.id).execute()
+
+
+@unit_of_work(write=True)
+def _start(
+    endpoint: str, name: Any, version_a: str, version_b: str, split: float, by: str
+) -> AbTest:
+    lock_statuses()
+    if AbTest.get_or_none((AbTest.endpoint == endpoint) & (AbTest.state == RUNNING)):
+        raise Conflict(
+            f"Endpoint {endpoint!r} already runs an A/B test; stop it first.",
+            [detail("endpoint", "an A/B test is running")],
+        )
+    return AbTest.create(
+        endpoint=endpoint,
+        name=name,
+        version_a=version_a,
+        version_b=version_b,
+        split=split,
+        state=RUNNING,
+        started_by=by,
+    )
+
+
+@unit_of_work()
+def _find(endpoint: str, test_id: int) -> AbTest | None:
+    return AbTest.get_or_none((AbTest.id == test_id) & (AbTest.endpoint == endpoint))
+
+
+@unit_of_work()
+def _tests(endpoint: str | None) -> list[AbTest]:
+    query = AbTest.select().order_by(AbTest.id.desc())
+    if endpoint is not None:
+        query = query.where(AbTest.endpoint == endpoint)
+    return list(query)
 
 
 def _read_running() -> dict[str, RunningTest]:

@@ -7,13 +7,13 @@ seconds, which is how quickly a promotion reaches every worker without a restart
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
-from serving.database import db, is_sqlite, run_with_retry, write_transaction
+from serving import dialect
+from serving.database import unit_of_work
 from serving.errors import Conflict, InvalidInput, NotFound, detail
+from serving.refreshing import Refreshing
 from serving.tables import VersionStatus, iso
 
 TESTING, STAGING, PRODUCTION, ARCHIVED = "testing", "staging", "production", "archived"
@@ -45,8 +45,7 @@ def _latest() -> dict[Key, str]:
 def lock_statuses() -> None:
     """Inside a write transaction: take turns with every other status change (on SQLite the
     write transaction alone does that)."""
-    if not is_sqlite():
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+    dialect.take_turns(_PG_LOCK_KEY)
 
 
 def apply_change(
@@ -77,13 +76,11 @@ def apply_change(
 
 
 class Lifecycle:
-    """Reads and changes version statuses; reads are cached for `refresh_seconds`."""
+    """Reads and changes version statuses; reads are cached for `refresh_seconds`, and a
+    change made by this process is read back by its next read."""
 
     def __init__(self, refresh_seconds: float):
-        self._refresh = refresh_seconds
-        self._lock = threading.Lock()
-        self._cached: dict[Key, str] = {}
-        self._read_at = float("-inf")
+        self._statuses: Refreshing[dict[Key, str]] = Refreshing(_latest, refresh_seconds, {})
 
     def seed(self, declared: Iterable[tuple[str, str, str]]) -> None:
         """Give versions without history their declared first status (endpoint, version, status).
@@ -91,41 +88,17 @@ class Lifecycle:
         The database wins over the folder: a version declaring production becomes testing when
         its endpoint already has a production version.
         """
-
-        def work() -> None:
-            with write_transaction():
-                lock_statuses()
-                current = _latest()
-                producing = {e for (e, _v), s in current.items() if s == PRODUCTION}
-                for endpoint, version, status in declared:
-                    if (endpoint, version) in current:
-                        continue
-                    if status == PRODUCTION and endpoint in producing:
-                        status = TESTING
-                    if status == PRODUCTION:
-                        producing.add(endpoint)
-                    VersionStatus.create(
-                        endpoint=endpoint,
-                        version=version,
-                        status=status,
-                        changed_by="system: first load",
-                        reason="status declared by model.json",
-                    )
-
-        run_with_retry(work)
-        self._read_at = float("-inf")
+        _seed(list(declared))
+        self._statuses.forget()
 
     def forget(self) -> None:
         """Drop the cached statuses: the next read goes to the database."""
-        self._read_at = float("-inf")
+        self._statuses.forget()
 
     def statuses(self) -> dict[Key, str]:
-        """Every version's status, at most `refresh_seconds` old."""
-        if time.monotonic() - self._read_at > self._refresh:
-            fresh = run_with_retry(_latest)
-            with self._lock:
-                self._cached, self._read_at = fresh, time.monotonic()
-        return self._cached
+        """Every version's status, at most `refresh_seconds` old (and never older than a
+        change this process made)."""
+        return self._statuses.get()
 
     def change(
         self, endpoint: str, version: str, status: str, by: str, reason: str | None = None
@@ -137,28 +110,50 @@ class Lifecycle:
         is refused (promote its replacement instead).
         """
         check_status(status)
-
-        def work() -> list[VersionStatus]:
-            with write_transaction():
-                lock_statuses()
-                return apply_change(endpoint, version, status, by, reason)
-
-        rows = run_with_retry(work)
-        self._read_at = float("-inf")
+        rows = _change(endpoint, version, status, by, reason)
+        self._statuses.forget()
         return rows
 
     def history(self, endpoint: str) -> list[dict[str, Any]]:
         """Every status change of an endpoint's versions, oldest first."""
+        return _history(endpoint)
 
-        def work() -> list[dict[str, Any]]:
-            query = (
-                VersionStatus.select()
-                .where(VersionStatus.endpoint == endpoint)
-                .order_by(VersionStatus.id)
-            )
-            return [history_json(row) for row in query]
 
-        return run_with_retry(work)
+@unit_of_work(write=True)
+def _seed(declared: list[tuple[str, str, str]]) -> None:
+    lock_statuses()
+    current = _latest()
+    producing = {e for (e, _v), s in current.items() if s == PRODUCTION}
+    for endpoint, version, status in declared:
+        if (endpoint, version) in current:
+            continue
+        if status == PRODUCTION and endpoint in producing:
+            status = TESTING
+        if status == PRODUCTION:
+            producing.add(endpoint)
+        VersionStatus.create(
+            endpoint=endpoint,
+            version=version,
+            status=status,
+            changed_by="system: first load",
+            reason="status declared by model.json",
+        )
+
+
+@unit_of_work(write=True)
+def _change(
+    endpoint: str, version: str, status: str, by: str, reason: str | None
+) -> list[VersionStatus]:
+    lock_statuses()
+    return apply_change(endpoint, version, status, by, reason)
+
+
+@unit_of_work()
+def _history(endpoint: str) -> list[dict[str, Any]]:
+    query = (
+        VersionStatus.select().where(VersionStatus.endpoint == endpoint).order_by(VersionStatus.id)
+    )
+    return [history_json(row) for row in query]
 
 
 def _record(

@@ -13,13 +13,12 @@ from typing import Any
 
 import peewee
 
+from serving import dialect
 from serving.batching import MicroBatcher
 from serving.database import (
     db,
-    is_sqlite,
     release_connection,
-    run_with_retry,
-    write_transaction,
+    unit_of_work,
 )
 from serving.errors import Conflict, ObservationNotFound, Unavailable, detail
 from serving.payloads import id_key
@@ -215,16 +214,7 @@ def save(batch: NewPredictions) -> list[int | Prediction | None]:
     keys = list(zip(batch.endpoint, batch.observation_id, strict=True))
     # Walking backwards leaves each key with its first position.
     first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
-    positions = sorted(first.values())
-
-    def work() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], Prediction]]:
-        with write_transaction():
-            inserted = _insert_new(batch, positions)
-            earlier = _fetch([key for key in first if key not in inserted])
-        return inserted, earlier
-
-    # A large batch may legitimately outlast a request's statement_timeout.
-    inserted, earlier = run_with_retry(work, long_running=len(batch) > _ROWS_PER_STATEMENT)
+    inserted, earlier = _write_new(batch, first)
     observations = batch.observation
     outcomes: list[int | Prediction | None] = []
     for i, key in enumerate(keys):
@@ -236,6 +226,17 @@ def save(batch: NewPredictions) -> list[int | Prediction | None]:
             existing = earlier[key]
             outcomes.append(existing if existing.observation == observations[i] else None)
     return outcomes
+
+
+# A large batch may legitimately outlast a request's statement_timeout.
+@unit_of_work(write=True, long_running=lambda batch, _first: len(batch) > _ROWS_PER_STATEMENT)
+def _write_new(
+    batch: NewPredictions, first: dict[tuple[str, str], int]
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], Prediction]]:
+    """Insert-or-ignore the first row of each key, then read the rows stored before under
+    the keys that were not inserted."""
+    inserted = _insert_new(batch, sorted(first.values()))
+    return inserted, _fetch([key for key in first if key not in inserted])
 
 
 def conflict(observation_id: str | int) -> Conflict:
@@ -285,7 +286,7 @@ _COPY_NULL = "\\N"
 
 def _insert_new(batch: NewPredictions, positions: list[int]) -> dict[tuple[str, str], int]:
     """Insert-or-ignore the rows at `positions`; return the ids of the rows inserted."""
-    if len(positions) >= _COPY_MIN_ROWS and not is_sqlite():
+    if len(positions) >= _COPY_MIN_ROWS and dialect.has_copy():
         for attempt in (1, 2):
             try:
                 # A savepoint: an id stored already undoes only this attempt.
@@ -379,7 +380,7 @@ def _insert(rows: Iterable[tuple[Any, ...]]) -> list[tuple[int, str, str]]:
     for start in range(0, len(pending), _ROWS_PER_STATEMENT):
         chunk = pending[start : start + _ROWS_PER_STATEMENT]
         params = [value for row in chunk for value in row]
-        cursor = db.execute_sql(_insert_sql(len(chunk), db.obj.param), params)
+        cursor = db.execute_sql(_insert_sql(len(chunk), dialect.param()), params)
         inserted.extend(cursor.fetchall())
     return inserted
 
@@ -390,7 +391,7 @@ def _fetch(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Prediction]
         by_endpoint.setdefault(endpoint, []).append(observation_id)
     found: dict[tuple[str, str], Prediction] = {}
     for endpoint, ids in by_endpoint.items():
-        if len(ids) > _ROWS_PER_STATEMENT and not is_sqlite():
+        if len(ids) > _ROWS_PER_STATEMENT and dialect.has_copy():
             found.update(_fetch_many(endpoint, ids))
             continue
         for start in range(0, len(ids), _ROWS_PER_STATEMENT):
@@ -434,14 +435,7 @@ class Writer:
 
 def find(endpoint: str, observation_id: str | int) -> Prediction:
     """The stored prediction for an id; ObservationNotFound if there is none."""
-
-    def work() -> Prediction | None:
-        return Prediction.get_or_none(
-            (Prediction.endpoint == endpoint)
-            & (Prediction.observation_id == id_key(observation_id))
-        )
-
-    found = run_with_retry(work)
+    found = _stored_row(endpoint, id_key(observation_id))
     if found is None:
         raise _not_found(observation_id)
     return found
@@ -449,39 +443,29 @@ def find(endpoint: str, observation_id: str | int) -> Prediction:
 
 def record_truth(endpoint: str, observation_id: str | int, true_class: Any) -> Prediction:
     """Set (or overwrite) the true class of a stored prediction and record when."""
-    key = id_key(observation_id)
-
-    def work() -> Prediction | None:
-        with write_transaction():
-            updated = (
-                Prediction.update(true_class=canonical_json(true_class), updated_at=_update_time())
-                .where((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
-                .execute()
-            )
-            if not updated:
-                return None
-            return Prediction.get(
-                (Prediction.endpoint == endpoint) & (Prediction.observation_id == key)
-            )
-
-    row = run_with_retry(work)
+    row = _set_truth(endpoint, id_key(observation_id), canonical_json(true_class))
     if row is None:
         raise _not_found(observation_id)
     return row
 
 
-# PostgreSQL's clock when the UPDATE runs. A concurrent update of the same row waits for its
-# lock, and PostgreSQL then evaluates the new row again, so the time is read after the lock:
-# updated_at follows commit order. (now() would be the transaction's start, and a time taken
-# in Python before the statement could be older than the update that committed before it.)
-_DATABASE_NOW = peewee.SQL("(clock_timestamp() AT TIME ZONE 'UTC')")
+@unit_of_work()
+def _stored_row(endpoint: str, key: str) -> Prediction | None:
+    return Prediction.get_or_none(
+        (Prediction.endpoint == endpoint) & (Prediction.observation_id == key)
+    )
 
 
-def _update_time() -> Any:
-    """When an update happens, read after its row lock, so the last commit has the latest."""
-    # SQLite's write transaction (IMMEDIATE, behind the write lock) already holds the lock
-    # here; its own clock has only milliseconds, so Python's serves.
-    return utcnow() if is_sqlite() else _DATABASE_NOW
+@unit_of_work(write=True)
+def _set_truth(endpoint: str, key: str, truth_json: str) -> Prediction | None:
+    updated = (
+        Prediction.update(true_class=truth_json, updated_at=dialect.now_after_row_lock())
+        .where((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
+        .execute()
+    )
+    if not updated:
+        return None
+    return Prediction.get((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
 
 
 def _not_found(observation_id: str | int) -> ObservationNotFound:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from serving import statistics
-from serving.database import db, is_sqlite, run_with_retry
+from serving import dialect, statistics
+from serving.database import unit_of_work
 from serving.errors import InvalidInput, detail
 from serving.predictions import canonical_json
 from serving.runtime import LoadedModel
@@ -155,18 +155,19 @@ class Measurement:
         return answer
 
 
+@unit_of_work(long_running=True)  # a report: may outlast a request's limit
+def _measured(model: LoadedModel, rows: Rows) -> Measurement:
+    predictions = _scalar(rows.count_sql, rows.params)
+    if model.task == "regression":
+        return _regression(rows, predictions)
+    if model.positive_class is not None:
+        return _binary(model, rows, predictions)
+    return _multiclass(model, rows, predictions)
+
+
 def measure(model: LoadedModel, rows: Rows) -> Measurement:
     """Quality of `rows` as predictions of `model`'s kind (its task and classes)."""
-
-    def work() -> Measurement:
-        predictions = _scalar(rows.count_sql, rows.params)
-        if model.task == "regression":
-            return _regression(rows, predictions)
-        if model.positive_class is not None:
-            return _binary(model, rows, predictions)
-        return _multiclass(model, rows, predictions)
-
-    result = run_with_retry(work, long_running=True)  # a report: may outlast a request's limit
+    result = _measured(model, rows)
     # The last guard before JSON, which has no Infinity or NaN: whatever slipped past the
     # sums' range checks becomes null with a reason, never a 500 or an invalid answer.
     result.estimates = {name: e.finite() for name, e in result.estimates.items()}
@@ -229,7 +230,7 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
     """One pass: rows grouped by probability (or its EXACT_ROWS bucket), truth and prediction,
     with the sums behind every metric; the rest happens on those few groups in Python."""
     positive = canonical_json(model.positive_class)
-    real = _float_type()
+    real = dialect.float_type()
     exact = predictions <= EXACT_ROWS
     key = "proba" if exact else f"FLOOR(proba * {AUC_BUCKETS})"
     groups = _query(
@@ -258,7 +259,7 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
     n = sum(g[3] for g in groups)
     result = Measurement(model.task, predictions, n)
     if n == 0:
-        result.estimates = {name: statistics.NO_DATA for name in BINARY_METRICS}
+        result.estimates = {name: statistics.NO_ESTIMATE for name in BINARY_METRICS}
         return result
     cells = {(y, hit): 0 for y in (0, 1) for hit in (0, 1)}
     for _, y, hit, count, *_ in groups:
@@ -332,7 +333,7 @@ def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement
     result = Measurement(model.task, predictions, len(fetched))
     names = [str(c) for c in model.classes]
     if not fetched:
-        result.estimates = {name: statistics.NO_DATA for name in BINARY_METRICS}
+        result.estimates = {name: statistics.NO_ESTIMATE for name in BINARY_METRICS}
         return result
     index = {canonical_json(c): i for i, c in enumerate(model.classes)}
     truth = np.array([index[t] for t, _, _, _ in fetched])
@@ -374,7 +375,7 @@ def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement
 
 
 def _regression(rows: Rows, predictions: int) -> Measurement:
-    real = _float_type()
+    real = dialect.float_type()
     # The CASEs come before any arithmetic on a row: PostgreSQL raises on an overflowing
     # subtraction or product (SQLite gives Infinity), so an unmeasurable row is never summed.
     n, abs_sum, sq_sum, sq_squares, big_errors, t_sum, t_squares, unmeasurable = _query(
@@ -398,7 +399,7 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
     )[0]
     result = Measurement("regression", predictions, n)
     if not n:
-        result.estimates = {name: statistics.NO_DATA for name in REGRESSION_METRICS}
+        result.estimates = {name: statistics.NO_ESTIMATE for name in REGRESSION_METRICS}
         return result
     if unmeasurable:
         result.unmeasurable = int(unmeasurable)
@@ -455,15 +456,10 @@ def _calibration(bins: Sequence[tuple[int, int, float, int]]) -> list[dict[str, 
     ]
 
 
-def _float_type() -> str:
-    # SQLite's REAL is a double; PostgreSQL's REAL is single precision.
-    return "REAL" if is_sqlite(db.obj) else "DOUBLE PRECISION"
-
-
 def _query(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    return list(db.execute_sql(sql.replace("?", db.obj.param), tuple(params)).fetchall())
+    return dialect.rows(sql, params)
 
 
 def _scalar(sql: str, params: Sequence[Any]) -> Any:
-    row = db.execute_sql(sql.replace("?", db.obj.param), tuple(params)).fetchone()
+    row = dialect.one(sql, params)
     return row[0] if row and row[0] is not None else 0

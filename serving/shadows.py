@@ -9,17 +9,16 @@ observation, or a failed shadow write, is logged and skipped.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from serving import quality, statistics
+from serving import dialect, quality, statistics
 from serving.batching import MicroBatcher
-from serving.database import db, is_sqlite, run_with_retry, write_transaction
+from serving.database import unit_of_work
 from serving.errors import ServiceError
 from serving.predictions import stored_score
 from serving.quality import Measurement, measure, shadowed
+from serving.refreshing import Refreshing
 from serving.registry import Registry
 from serving.runtime import LoadedModel
 from serving.scoring import Scorer
@@ -27,7 +26,7 @@ from serving.tables import Prediction, ShadowScore, ShadowVersion, iso
 
 logger = logging.getLogger(__name__)
 
-SHADOW_BETTER, ANSWERING_BETTER, NOT_YET, NO_DATA = (
+SHADOW_BETTER, ANSWERING_BETTER, NOT_YET, NO_LABELLED_DATA = (
     "shadow better",
     "answering better",
     "not yet significant",
@@ -41,54 +40,29 @@ class Shadows:
 
     def __init__(self, registry: Registry, refresh_seconds: float, max_batch: int, wait: float):
         self._registry = registry
-        self._refresh = refresh_seconds
-        self._lock = threading.Lock()
-        self._enabled: dict[str, list[str]] = {}
-        self._read_at = float("-inf")
+        self._enabled: Refreshing[dict[str, list[str]]] = Refreshing(
+            _read_enabled, refresh_seconds, {}
+        )
         self._writer: MicroBatcher[dict[str, Any], None] = MicroBatcher(
             _store_scores, max_batch=max_batch, max_wait=wait
         )
 
     def versions(self, endpoint: str) -> list[str]:
         """The endpoint's shadow versions, at most `refresh_seconds` old."""
-        if time.monotonic() - self._read_at > self._refresh:
-            fresh = run_with_retry(_read_enabled)
-            with self._lock:
-                self._enabled, self._read_at = fresh, time.monotonic()
-        return self._enabled.get(endpoint, [])
+        return self._enabled.get().get(endpoint, [])
 
     def set(
         self, endpoint: str, version: str, enabled: bool, by: str, reason: str | None
     ) -> dict[str, Any]:
         """Turn a version's shadowing on or off, recording who and why."""
         self._registry.version(endpoint, version)
-
-        def work() -> ShadowVersion:
-            with write_transaction():
-                return ShadowVersion.create(
-                    endpoint=endpoint,
-                    version=version,
-                    enabled=enabled,
-                    changed_by=by,
-                    reason=reason,
-                )
-
-        row = run_with_retry(work)
-        self._read_at = float("-inf")
+        row = _record_change(endpoint, version, enabled, by, reason)
+        self._enabled.forget()
         return _row_json(row)
 
     def history(self, endpoint: str) -> list[dict[str, Any]]:
         """Every shadow change of an endpoint's versions, oldest first."""
-
-        def work() -> list[dict[str, Any]]:
-            query = (
-                ShadowVersion.select()
-                .where(ShadowVersion.endpoint == endpoint)
-                .order_by(ShadowVersion.id)
-            )
-            return [_row_json(row) for row in query]
-
-        return run_with_retry(work)
+        return _history(endpoint)
 
     def score(
         self,
@@ -149,10 +123,9 @@ class Shadows:
         model = self._registry.version(endpoint, version)
         shadow = measure(model, shadowed(endpoint, version, answering=False))
         answering = measure(model, shadowed(endpoint, version, answering=True))
-        # Reports: they may outlast a request's statement_timeout.
-        paired = run_with_retry(lambda: _paired_test(model, endpoint, version), long_running=True)
+        paired = _paired_test(model, endpoint, version)
         if shadow.labelled == 0:
-            outcome = NO_DATA
+            outcome = NO_LABELLED_DATA
         elif paired.significant and paired.better is not None:
             outcome = SHADOW_BETTER if paired.better == "B" else ANSWERING_BETTER
         else:
@@ -163,9 +136,7 @@ class Shadows:
             "enabled": version in self.versions(endpoint),
             "scored": shadow.predictions,
             "labelled": shadow.labelled,
-            "answered_by": run_with_retry(
-                lambda: _answered_by(endpoint, version), long_running=True
-            ),
+            "answered_by": _answered_by(endpoint, version),
             "shadow": _side(shadow),
             "answering": _side(answering),
             "deltas": _deltas(shadow, answering),
@@ -192,18 +163,19 @@ def _deltas(shadow: Measurement, answering: Measurement) -> dict[str, float | No
     }
 
 
+# Reports: they may outlast a request's statement_timeout.
+@unit_of_work(long_running=True)
 def _paired_test(model: LoadedModel, endpoint: str, version: str) -> statistics.TestResult:
     joined = (
         "FROM shadow_score s JOIN prediction p ON p.id = s.prediction_id "
-        f"WHERE s.endpoint = {db.obj.param} AND s.model_version = {db.obj.param} "
-        "AND p.true_class IS NOT NULL"
+        "WHERE s.endpoint = ? AND s.model_version = ? AND p.true_class IS NOT NULL"
     )
     if model.task == "regression":
-        real = "REAL" if is_sqlite() else "DOUBLE PRECISION"
+        real = dialect.float_type()
         limit = quality.MEASURABLE
         # As quality's sums: a row beyond the measurable range is counted, never subtracted
         # or squared (PostgreSQL raises on overflow, SQLite gives Infinity).
-        n, total, squares, unmeasurable = db.execute_sql(
+        [(n, total, squares, unmeasurable)] = dialect.rows(
             "SELECT COUNT(*), SUM(d), SUM(d * d), SUM(1 - ok) FROM ("
             "SELECT CASE WHEN ok = 1 THEN ABS(pv - t) - ABS(sv - t) END AS d, ok FROM ("
             f"SELECT pv, sv, t, CASE WHEN ABS(pv) <= {limit!r} AND ABS(sv) <= {limit!r} "
@@ -211,29 +183,29 @@ def _paired_test(model: LoadedModel, endpoint: str, version: str) -> statistics.
             f"SELECT p.value AS pv, s.value AS sv, CAST(p.true_class AS {real}) AS t {joined}"
             ") src) checked) paired",
             (endpoint, version),
-        ).fetchone()
+        )
         if unmeasurable:
             return statistics.TestResult("paired t-test on absolute error", None, None, None)
         return statistics.paired_t(total or 0.0, squares or 0.0, n)
-    only_answering, only_shadow = db.execute_sql(
+    [(only_answering, only_shadow)] = dialect.rows(
         "SELECT "
         "SUM(CASE WHEN p.prediction = p.true_class AND s.prediction <> p.true_class "
         "THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN p.prediction <> p.true_class AND s.prediction = p.true_class "
         f"THEN 1 ELSE 0 END) {joined}",
         (endpoint, version),
-    ).fetchone()
+    )
     return statistics.mcnemar(int(only_answering or 0), int(only_shadow or 0))
 
 
+@unit_of_work(long_running=True)
 def _answered_by(endpoint: str, version: str) -> dict[str, int]:
-    rows = db.execute_sql(
+    rows = dialect.rows(
         "SELECT p.model_version, COUNT(*) FROM shadow_score s "
         "JOIN prediction p ON p.id = s.prediction_id "
-        f"WHERE s.endpoint = {db.obj.param} AND s.model_version = {db.obj.param} "
-        "GROUP BY p.model_version",
+        "WHERE s.endpoint = ? AND s.model_version = ? GROUP BY p.model_version",
         (endpoint, version),
-    ).fetchall()
+    )
     return {v: int(n) for v, n in rows}
 
 
@@ -246,14 +218,28 @@ def _score_row(prediction_id: int, model: LoadedModel, score: Any) -> dict[str, 
     }
 
 
+@unit_of_work(write=True)
 def _store_scores(rows: list[dict[str, Any]]) -> list[None]:
     # A replayed request scores again; the unique (prediction, version) key keeps one row.
-    def work() -> None:
-        with write_transaction():
-            ShadowScore.insert_many(rows).on_conflict_ignore().execute()
-
-    run_with_retry(work)
+    ShadowScore.insert_many(rows).on_conflict_ignore().execute()
     return [None] * len(rows)
+
+
+@unit_of_work(write=True)
+def _record_change(
+    endpoint: str, version: str, enabled: bool, by: str, reason: str | None
+) -> ShadowVersion:
+    return ShadowVersion.create(
+        endpoint=endpoint, version=version, enabled=enabled, changed_by=by, reason=reason
+    )
+
+
+@unit_of_work()
+def _history(endpoint: str) -> list[dict[str, Any]]:
+    query = (
+        ShadowVersion.select().where(ShadowVersion.endpoint == endpoint).order_by(ShadowVersion.id)
+    )
+    return [_row_json(row) for row in query]
 
 
 def _read_enabled() -> dict[str, list[str]]:

@@ -48,13 +48,14 @@ class Estimate:
         return self
 
 
-NO_DATA = Estimate(None)
+# An estimate of nothing: no rows to measure (not a verdict, not a drift class).
+NO_ESTIMATE = Estimate(None)
 
 
 def proportion(successes: int, n: int) -> Estimate:
     """A rate with its Wilson score interval, which stays inside [0, 1] for small n."""
     if n <= 0:
-        return NO_DATA
+        return NO_ESTIMATE
     interval = stats.binomtest(successes, n).proportion_ci(1 - ALPHA, method="wilson")
     return Estimate(successes / n, float(interval.low), float(interval.high))
 
@@ -70,7 +71,7 @@ def mean(
     loss that cannot be negative would otherwise reach below 0. No library computes this from
     sums (scipy wants the rows), and the database only sends sums."""
     if n <= 0:
-        return NO_DATA
+        return NO_ESTIMATE
     average = total / n
     if n == 1:
         return Estimate(average)
@@ -88,7 +89,7 @@ def mean(
 def roc_auc(auc: float | None, positives: int, negatives: int) -> Estimate:
     """ROC AUC with the Hanley & McNeil (1982) standard error."""
     if auc is None or positives <= 0 or negatives <= 0:
-        return NO_DATA
+        return NO_ESTIMATE
     q1 = auc / (2 - auc)
     q2 = 2 * auc * auc / (1 + auc)
     variance = (

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.database import db, is_sqlite, run_with_retry
+from serving import dialect
+from serving.database import unit_of_work
 from serving.tables import utcnow
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -72,27 +73,28 @@ def traffic(pairs: Iterable[Pair], now: dt.datetime | None = None) -> Traffic:
     """Predictions per bucket for each (endpoint, version) pair, up to `now` (naive UTC)."""
     pairs = sorted(set(pairs))
     now = now or utcnow()
+    return _traffic(pairs, now)
 
-    def work() -> Traffic:
-        oldest = _oldest(pairs)
-        span = (now - oldest).total_seconds() if oldest is not None else 0.0
-        width = choose_width(max(span, 0.0))
-        last = _seconds(now) // width
-        first = last - MAX_BUCKETS + 1
-        if oldest is not None:
-            first = max(first, min(_seconds(oldest) // width, last - MIN_BUCKETS + 1))
-        else:
-            first = last - MIN_BUCKETS + 1
-        starts = [_EPOCH + dt.timedelta(seconds=b * width) for b in range(first, last + 1)]
-        counts: dict[Pair, list[int]] = {}
-        if pairs:
-            for endpoint, version, bucket, count in _counted(pairs, width, starts[0]):
-                index = int(bucket) - first
-                if 0 <= index < len(starts):
-                    counts.setdefault((endpoint, version), [0] * len(starts))[index] += count
-        return Traffic(width, starts, counts)
 
-    return run_with_retry(work, long_running=True)  # a report: may outlast a request's limit
+@unit_of_work(long_running=True)  # a report: may outlast a request's limit
+def _traffic(pairs: list[Pair], now: dt.datetime) -> Traffic:
+    oldest = _oldest(pairs)
+    span = (now - oldest).total_seconds() if oldest is not None else 0.0
+    width = choose_width(max(span, 0.0))
+    last = _seconds(now) // width
+    first = last - MAX_BUCKETS + 1
+    if oldest is not None:
+        first = max(first, min(_seconds(oldest) // width, last - MIN_BUCKETS + 1))
+    else:
+        first = last - MIN_BUCKETS + 1
+    starts = [_EPOCH + dt.timedelta(seconds=b * width) for b in range(first, last + 1)]
+    counts: dict[Pair, list[int]] = {}
+    if pairs:
+        for endpoint, version, bucket, count in _counted(pairs, width, starts[0]):
+            index = int(bucket) - first
+            if 0 <= index < len(starts):
+                counts.setdefault((endpoint, version), [0] * len(starts))[index] += count
+    return Traffic(width, starts, counts)
 
 
 def _seconds(moment: dt.datetime) -> int:
@@ -104,10 +106,10 @@ def _oldest(pairs: list[Pair]) -> dt.datetime | None:
     # index, where one MIN over an endpoint would scan all of its rows.
     found = []
     for endpoint, version in pairs:
-        row = db.execute_sql(
-            _sql("SELECT MIN(created_at) FROM prediction WHERE endpoint = ? AND model_version = ?"),
+        row = dialect.one(
+            "SELECT MIN(created_at) FROM prediction WHERE endpoint = ? AND model_version = ?",
             (endpoint, version),
-        ).fetchone()
+        )
         if row and row[0] is not None:
             found.append(_timestamp(row[0]))
     return min(found) if found else None
@@ -117,11 +119,7 @@ def _counted(pairs: list[Pair], width: int, since: dt.datetime) -> list[tuple[An
     # Whole seconds, the fraction cut off before any arithmetic: widths are whole seconds, and
     # rounding instead would move 11:59:59.9999 into the bucket of 12:00 (SQLite's date
     # functions keep milliseconds, a double epoch keeps about as much).
-    if is_sqlite():
-        # Stored text is "YYYY-MM-DD HH:MM:SS[.ffffff]": the first 19 characters are the second.
-        seconds = "CAST(strftime('%s', substr(created_at, 1, 19)) AS INTEGER)"
-    else:
-        seconds = "CAST(EXTRACT(EPOCH FROM date_trunc('second', created_at)) AS BIGINT)"
+    seconds = dialect.whole_seconds("created_at")
     matches = " OR ".join("(endpoint = ? AND model_version = ?)" for _ in pairs)
     sql = (
         f"SELECT endpoint, model_version, {seconds} / ? AS bucket, COUNT(*) FROM prediction "
@@ -129,7 +127,7 @@ def _counted(pairs: list[Pair], width: int, since: dt.datetime) -> list[tuple[An
     )
     # Timestamps go in as text in the stored format, which both databases compare correctly.
     params = (width, *(x for pair in pairs for x in pair), since.isoformat(sep=" "))
-    return list(db.execute_sql(_sql(sql), params).fetchall())
+    return dialect.rows(sql, params)
 
 
 def _timestamp(value: Any) -> dt.datetime:
@@ -137,7 +135,3 @@ def _timestamp(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value.replace(tzinfo=None)
     return dt.datetime.fromisoformat(str(value))
-
-
-def _sql(text: str) -> str:
-    return text.replace("?", db.obj.param)

@@ -201,7 +201,10 @@ def test_a_regression_test_compares_absolute_errors(client):
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [
-        ({"version_b": "9"}, 422, "version_b"),
+        # A version the endpoint does not have is a resource not found, not a malformed body.
+        ({"version_b": "9"}, 404, "version_b"),
+        ({"version_a": "nope"}, 404, "version_a"),
+        ({"version_b": 9}, 422, "version_b"),
         ({"version_b": "1"}, 422, "version_b"),
         ({"split": 1.0}, 422, "split"),
         ({"split": "half"}, 422, "split"),

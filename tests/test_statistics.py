@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from serving import statistics
-from serving.experiments import A_BETTER, B_BETTER, NO_DATA, NOT_YET, verdict
+from serving.experiments import A_BETTER, B_BETTER, NO_LABELLED_DATA, NOT_YET, verdict
 from serving.quality import Measurement
 
 
@@ -17,7 +17,7 @@ def test_wilson_interval_matches_the_textbook_value():
     estimate = statistics.proportion(81, 263)
     assert estimate.value == pytest.approx(81 / 263)
     assert (round(estimate.low, 4), round(estimate.high, 4)) == (0.2553, 0.3662)
-    assert statistics.proportion(0, 0) == statistics.NO_DATA
+    assert statistics.proportion(0, 0) == statistics.NO_ESTIMATE
 
 
 def test_two_proportion_z_test_agrees_with_a_chi_square_test():
@@ -71,5 +71,5 @@ def test_a_tiny_sample_is_never_called_whatever_its_p_value():
 
 def test_an_empty_arm_says_no_labelled_data_without_dividing_by_zero():
     answer = verdict(_arm(0, 0), _arm(15, 20))
-    assert answer["result"] == NO_DATA
+    assert answer["result"] == NO_LABELLED_DATA
     assert answer["p_value"] is None

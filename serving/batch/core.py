@@ -62,7 +62,8 @@ def route(
     the whole batch. Rows that cannot be scored (a bad id) go nowhere.
     """
     positions = [i for i, key in enumerate(rows.keys) if key is not None and i not in rows.errors]
-    if version is None and status is None and experiments.running(endpoint) is not None:
+    # An empty ?version= or ?status= is the same as none, as `routing.choose` reads it.
+    if not version and not status and experiments.running(endpoint) is not None:
         groups: dict[tuple[str, int | None, str | None], Group] = {}
         for i in positions:
             chosen = routing.choose(registry, lifecycle, experiments, endpoint, rows.keys[i])

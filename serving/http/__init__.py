@@ -1,8 +1,10 @@
-"""HTTP blueprints: they parse, call one module per step, and serialise; no logic of their own."""
+"""HTTP blueprints: they parse, call one module per step, and serialise; no logic of their own.
+
+The dashboard (`serving.dashboard`) uses this package's helpers and is registered by the app
+factory, not from here, so neither package imports the other at package level."""
 
 from flask import Flask, request
 
-from serving.dashboard import views as dashboard
 from serving.http import (
     auth,
     batch,
@@ -21,7 +23,7 @@ CLIENT_BLUEPRINTS = frozenset({predictions.blueprint.name, batch.blueprint.name}
 
 
 def register_blueprints(app: Flask) -> None:
-    """Attach every blueprint to the app."""
+    """Attach every API blueprint to the app (the dashboard's is the factory's)."""
 
     # The prediction routes (single, update, batch; tutorial and /api/v1 forms) check the
     # client first, before any body is read (nothing to check while PREDICT_AUTH is off).
@@ -39,4 +41,3 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(drift.blueprint)
     app.register_blueprint(docs.blueprint)
-    app.register_blueprint(dashboard.blueprint)

@@ -73,11 +73,7 @@ def status_history(endpoint: str) -> dict[str, Any]:
 def change_status(endpoint: str, version: str) -> dict[str, Any]:
     """Admin: move a version to testing, staging, production or archived."""
     require_admin()
-    versions = registry().endpoint(endpoint)
-    if version not in versions:
-        raise NotFound(
-            f"Endpoint {endpoint!r} has no version {version!r}.", [detail("version", "unknown")]
-        )
+    registry().version(endpoint, version)
     payload = parse_object(body())
     status = check_status(payload.get("status"))
     # The history's column holds 200 characters: PostgreSQL refuses more (a 500 otherwise).
