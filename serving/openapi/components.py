@@ -109,8 +109,12 @@ PREDICTION = obj(
         "created_at",
         "updated_at",
     ],
-    id=NULLABLE_INTEGER | {"description": "The stored row's id."},
-    observation_id={"type": ["integer", "string"], "description": "Echoed as you sent it."},
+    id=NULLABLE_INTEGER
+    | {
+        "description": "The stored row's number, kept for the tutorial's clients: not your "
+        "id, which is observation_id."
+    },
+    observation_id={"type": ["integer", "string"], "description": "Your id, as you sent it."},
     observation={"type": "object", "description": "The validated observation the model saw."},
     proba=NULLABLE_NUMBER
     | {"description": "Probability of the positive class (of the predicted one if multi-class)."},
