@@ -4,7 +4,7 @@
 .DEFAULT_GOAL := help
 BIN := .venv/bin
 
-.PHONY: help run serve test lint migrate bench container-check clean
+.PHONY: help run serve test test-fast lint migrate bench container-check clean
 
 help:  ## list the targets
 	@echo "make TARGET, where TARGET is one of:"
@@ -22,6 +22,10 @@ serve:  ## Flask's own server, for debugging
 test:  ## the whole suite on SQLite, then on PostgreSQL (ARGS="-k contract -x" for pytest)
 	@scripts/venv dev
 	PYTHON=$(BIN)/python scripts/run-tests $(ARGS)
+
+test-fast:  ## the suite without e2e, browser and multi-process tests, on SQLite (under 2 minutes)
+	@scripts/venv dev
+	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -m "not e2e and not slow" $(ARGS)
 
 lint:  ## ruff, ruff format and hadolint
 	@scripts/venv dev

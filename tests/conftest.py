@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from serving import create_app
+from tests import environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The PostgreSQL *server* of this run (its database is only where we connect to create ours).
@@ -30,9 +32,24 @@ THROWAWAY_PREFIX = "sklearn_serving_test_"
 _throwaway: list[str] = []  # this process's own database, once made
 
 
+_running: list[pytest.Item] = []  # the test being set up, run or torn down
+
+
 def using_postgres() -> bool:
-    """Whether this run of the suite targets PostgreSQL."""
+    """Whether this run of the suite targets PostgreSQL. Only tests marked `database` may
+    ask (the PostgreSQL pass runs only those): one that asks unmarked fails, in either pass."""
+    if _running and not _running[0].get_closest_marker("database"):
+        raise RuntimeError(
+            f"{_running[0].nodeid} depends on the database under test but is not marked: "
+            "use the database_url fixture or @pytest.mark.database, or the PostgreSQL pass "
+            "will never run it"
+        )
     return urlsplit(TEST_DATABASE_URL).scheme in {"postgres", "postgresql"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running[:] = [item]
 
 
 def _server(url: str) -> peewee.PostgresqlDatabase:
@@ -88,6 +105,39 @@ def drop_throwaway_database() -> None:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     drop_throwaway_database()
+
+
+# What a developer's shell exported that the service would read: removed for the whole run
+# (before any fixture, module-scoped ones included, starts a server), and again around every
+# test, so no test sees another's leftovers. Child processes start from clean_environ().
+_RESET_AT_START = environment.reset()
+
+
+def pytest_report_header(config) -> str | None:
+    if not _RESET_AT_START:
+        return None
+    return "ignored from your environment (the service would read them): " + ", ".join(
+        _RESET_AT_START
+    )
+
+
+@pytest.fixture(autouse=True)
+def _service_environment() -> Iterator[None]:
+    """Every test starts with none of the variables the service reads set, and leaves none."""
+    environment.reset()
+    yield
+    environment.reset()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark `database` every test that touches the database under test: those that use the
+    `database_url` fixture (directly or through another fixture) and the PostgreSQL-only
+    ones. The PostgreSQL pass of scripts/run-tests runs these alone (`-m database`); the
+    others do the same thing whatever TEST_DATABASE_URL says."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "database_url" in fixtures or item.get_closest_marker("postgres_only"):
+            item.add_marker(pytest.mark.database)
 
 
 def reset_postgres(url: str) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import requests
 
+from tests.environment import clean_environ
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
@@ -65,7 +67,7 @@ def gunicorn(
     """Run `gunicorn -c gunicorn.conf.py app:app` on a free port until the block ends."""
     port = free_port()
     environment = {
-        **os.environ,
+        **clean_environ(),
         "PORT": str(port),
         "DATABASE_URL": database_url,
         "WEB_CONCURRENCY": str(workers),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from serving.batch.files import Checkpoint
 from serving.tables import Prediction
 from tests.conftest import REPO_ROOT
+from tests.environment import clean_environ
 
 TITANIC = REPO_ROOT / "data" / "titanic.csv"
 
@@ -162,7 +162,7 @@ def test_another_id_column_and_an_unknown_endpoint(app, runner, tmp_path):
 
 def _score(database_url: str, source: Path, output: Path, *extra: str) -> subprocess.Popen:
     env = {
-        **os.environ,
+        **clean_environ(),
         "DATABASE_URL": database_url,
         "ROOT_MODEL_DIR": str(REPO_ROOT),
         "MODELS_DIR": str(output.parent / "no-models"),
@@ -230,7 +230,7 @@ finally:
 
 def _peak_kb(database_url: str, source: Path, output: Path) -> int:
     env = {
-        **os.environ,
+        **clean_environ(),
         "DATABASE_URL": database_url,
         "ROOT_MODEL_DIR": str(REPO_ROOT),
         "MODELS_DIR": str(output.parent / "no-models"),

@@ -4,12 +4,17 @@ database or model touches neither, and one that needs one endpoint loads only th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO_ROOT
+from tests.environment import clean_environ
+
+# Each test starts `flask` processes: several seconds apiece.
+pytestmark = pytest.mark.slow
 
 FLASK = [sys.executable, "-m", "flask", "--app", str(REPO_ROOT / "app.py")]
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/none"
@@ -17,7 +22,7 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:9/none"
 
 def flask(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run one `flask` command in a fresh process, as an operator would."""
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "INFO"}
+    env = {**clean_environ(), "DATABASE_URL": database_url, "LOG_LEVEL": "INFO"}
     return subprocess.run(
         [*FLASK, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )

@@ -1,6 +1,5 @@
 """Settings from the environment: embedded defaults, overrides, and clear misconfiguration."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from serving.config import REPO_ROOT, Settings, SettingsError
+from tests.environment import clean_environ
 
 
 def test_defaults_serve_locally():
@@ -70,6 +70,7 @@ def test_switches_take_the_usual_spellings():
         assert Settings.from_env({"SKIP_BROKEN_MODELS": word}).skip_broken_models is value
 
 
+@pytest.mark.slow  # starts a process per command
 @pytest.mark.parametrize("command", ["gunicorn", "flask"])
 def test_a_bad_setting_stops_start_up_with_one_sentence(command, tmp_path):
     gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -77,7 +78,7 @@ def test_a_bad_setting_stops_start_up_with_one_sentence(command, tmp_path):
         "gunicorn": [str(gunicorn), "-c", "gunicorn.conf.py", "app:app"],
         "flask": [sys.executable, "-m", "flask", "--app", "app", "routes"],
     }[command]
-    env = {**os.environ, "THREADS": "-3", "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"}
+    env = {**clean_environ(), "THREADS": "-3", "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"}
     done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "configuration error: THREADS must be at least 1, got '-3'" in done.stderr

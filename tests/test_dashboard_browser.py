@@ -30,7 +30,7 @@ from serving.database import open_database
 from tests.conftest import postgres_url, reset_postgres, using_postgres
 from tests.live import REPO_ROOT, gunicorn
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.database]
 
 # Debian's package; CHROMIUM names another build of it.
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

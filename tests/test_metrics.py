@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import metrics
 from serving.runtime import LoadedModel
 from tests.conftest import REPO_ROOT, fit_tiny_multiclass, fit_tiny_regression, make_app
+from tests.environment import clean_environ
 from tests.live import gunicorn
 from tests.samples import PASSENGER
 
@@ -335,7 +336,7 @@ def leave_stale_counts(directory: Path) -> None:
         "['route', 'method', 'endpoint', 'version', 'status'])\n"
         "c.labels('/predict', 'POST', 'default', '1', '200').inc(7)\n"
     )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    env = {**clean_environ(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     (stale,) = directory.iterdir()
     stale.rename(directory / "counter_1.db")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from serving import migrations
 from serving.config import Settings
 from serving.database import db, open_database
@@ -26,6 +28,7 @@ def test_migrate_creates_schema_and_is_idempotent(database_url):
         db.close()
 
 
+@pytest.mark.slow
 def test_concurrent_migrations_apply_once(database_url):
     script = textwrap.dedent(
         """

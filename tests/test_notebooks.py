@@ -17,6 +17,7 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
+from tests.environment import clean_environ
 from tests.samples import PASSENGER, RETRAIN_TOLERANCE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def run_notebook(name: str, workdir: Path) -> nbformat.NotebookNode:
         resources={"metadata": {"path": str(workdir)}},
     )
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    client.execute(env={**os.environ, "PYTHONPATH": pythonpath})
+    client.execute(env={**clean_environ(), "PYTHONPATH": pythonpath})
     nbformat.write(notebook, workdir / f"executed-{name}")
     return notebook
 

@@ -11,7 +11,6 @@ what the block printed.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import clean_environ
 from tests.live import REPO_ROOT, gunicorn
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +92,7 @@ def test_every_shell_block_runs_as_written(database_url: str, tmp_path: Path):
         address = server.url.removeprefix("http://")
         port = address.rsplit(":", 1)[1]
         # As in the shell where `make run` serves: its DATABASE_URL and PORT.
-        shell_env = {**os.environ, **env, "DATABASE_URL": database_url, "PORT": port}
+        shell_env = {**clean_environ(), **env, "DATABASE_URL": database_url, "PORT": port}
         for block in shell_blocks(README.read_text()):
             if block.skipped:
                 continue

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.environment import clean_environ
 from training.__main__ import destinations, parse_args
 from training.data import DATA_DIR, REPO_ROOT
 
@@ -47,6 +47,7 @@ def sample_inputs(name: str, rows: int = 5) -> pd.DataFrame:
     return pd.read_csv(DATA_DIR / file).head(rows).drop(columns=[target])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SEEDS))
 def test_a_fresh_cli_run_writes_the_committed_bytes(name: str, tmp_path: Path):
     # A fresh process, as for titanic in test_training.py: pickles written inside a long
@@ -54,7 +55,7 @@ def test_a_fresh_cli_run_writes_the_committed_bytes(name: str, tmp_path: Path):
     subprocess.run(
         [sys.executable, "-m", "training", name, "--out", str(tmp_path)],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**clean_environ(), "PYTHONPATH": str(REPO_ROOT)},
         check=True,
         capture_output=True,
         timeout=120,

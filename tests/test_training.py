@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import pickle
 import re
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.environment import clean_environ
 from tests.samples import PASSENGER, RETRAIN_TOLERANCE
 from training import artifacts, titanic
 from training.__main__ import parse_args
@@ -193,12 +193,13 @@ def assert_same_metadata(fresh, committed, where: str = "model.json") -> None:
 BLAS_KERNELS = {"this-cpu": {}, "prescott": {"OPENBLAS_CORETYPE": "Prescott"}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", list(BLAS_KERNELS))
 def test_cli_rerun_reproduces_the_committed_model(tmp_path, csv_inputs, kernel):
     # Compared with the committed files, written by the same command in a fresh process. What
     # must hold on any CPU: the same inputs and schema, the same probabilities on all 891
     # rows, the same model.json; not the same bytes (see RETRAIN_TOLERANCE).
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **BLAS_KERNELS[kernel]}
+    env = {**clean_environ(), "PYTHONPATH": str(REPO_ROOT), **BLAS_KERNELS[kernel]}
     subprocess.run(
         [sys.executable, "-m", "training", "titanic", "--out", str(tmp_path)],
         cwd=tmp_path,
