@@ -162,13 +162,19 @@ def database_url(tmp_path: Path) -> str:
 
 def make_app(database_url: str, models_dir: Path, **settings: object):
     """The real app: the bundled model as `default`, the endpoints under `models_dir`, statuses
-    re-read on every request; `settings` override any other setting."""
+    re-read on every request; `settings` override any other setting.
+
+    The fast path is off unless a test asks (`compile_models=True`): compiling and verifying
+    it costs a second or two per app, and it gives the pipeline's own answers within 1e-6, so
+    what most tests check does not depend on it. tests/test_compiled.py and test_runtime.py
+    cover it (through HTTP too, both ways), and a test that looks at it turns it on."""
     return create_app(
         {
             "database_url": database_url,
             "root_model_dir": REPO_ROOT,
             "models_dir": models_dir,
             "status_refresh_seconds": 0,
+            "compile_models": False,
             **settings,
         }
     )

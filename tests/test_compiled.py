@@ -477,3 +477,62 @@ def test_calling_the_wrong_method_or_passing_a_gap_in_an_int_column_fails_clearl
         compiled.predict([row])
     with pytest.raises(ValueError, match="Parch"):
         compiled.predict_proba([{**row, "Parch": None}])
+
+
+@pytest.mark.parametrize("compile_models", [True, False], ids=["compiled", "pipeline"])
+def test_http_answers_are_the_pipelines_with_or_without_the_fast_path(
+    compile_models, database_url, tmp_path
+):
+    """The one app-level check of the fast path (make_app leaves it off unless asked): with
+    it on, /predict on every kind of model answers the pipeline's numbers within 1e-6, the
+    endpoint info says it is on, and /predict/batch agrees row for row."""
+    from tests.conftest import fit_tiny_multiclass, fit_tiny_regression, make_app
+
+    models = tmp_path / "models"
+    fit_tiny_multiclass(models / "tiers" / "1", initial_status="production")
+    fit_tiny_regression(models / "line" / "1", initial_status="production")
+    app = make_app(database_url, models, compile_models=compile_models)
+    client = app.test_client()
+    registry = app.extensions["registry"]
+    for endpoint in ("default", "tiers", "line"):
+        info = client.get(f"/api/v1/{endpoint}").get_json()
+        fast = [v["fast_path"]["enabled"] for v in info["versions"]]
+        assert fast == [compile_models], (endpoint, info["versions"])
+
+    titanic_rows = pd.read_csv(REPO_ROOT / "data" / "titanic.csv").head(25)
+    model = registry.models["default"]["1"]
+    observations = as_rows(titanic_rows[model.columns])
+    expected = model.pipeline.predict_proba(titanic_rows[model.columns].astype(model.dtypes))
+    singles = []
+    for i, observation in enumerate(observations):
+        answer = client.post("/predict", json={"id": f"t{i}", "observation": observation})
+        assert answer.status_code == 200, answer.get_json()
+        singles.append(answer.get_json())
+    assert [a["proba"] for a in singles] == pytest.approx(list(expected[:, 1]), abs=1e-6)
+    batch = client.post(
+        "/predict/batch",
+        json=[{"id": f"b{i}", "observation": o} for i, o in enumerate(observations)],
+    ).get_json()
+    assert [r["proba"] for r in batch["results"]] == pytest.approx(
+        [a["proba"] for a in singles], abs=1e-6
+    )
+    assert [r["prediction"] for r in batch["results"]] == [a["prediction"] for a in singles]
+
+    tiny = [{"x": x, "k": 1, "color": c} for x in (-2.0, 0.3, 2.0) for c in ("red", "blue")]
+    for endpoint in ("tiers", "line"):
+        loaded = registry.models[endpoint]["1"]
+        frame = pd.DataFrame(tiny)[loaded.columns].astype(loaded.dtypes)
+        for i, observation in enumerate(tiny):
+            answer = client.post(
+                f"/api/v1/{endpoint}/predict", json={"id": i, "observation": observation}
+            ).get_json()
+            if endpoint == "line":
+                want = loaded.pipeline.predict(frame.iloc[[i]])[0]
+                assert answer["prediction"] == pytest.approx(want, abs=1e-6)
+            else:
+                want = loaded.pipeline.predict_proba(frame.iloc[[i]])[0]
+                got = [answer["probabilities"][str(c)] for c in loaded.pipeline.classes_]
+                assert got == pytest.approx(list(want), abs=1e-6)
+    from serving.database import close_all
+
+    close_all()

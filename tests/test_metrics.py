@@ -64,7 +64,8 @@ def client(database_url: str, tmp_path: Path):
     fit_tiny_regression(root / "line" / "1", initial_status="production")
     fit_tiny_multiclass(root / "tiers" / "1", initial_status="production")
     (root / "broken" / "3").mkdir(parents=True)  # no pipeline.pickle
-    yield make_app(database_url, root, skip_broken_models=True).test_client()
+    # Compiled, as served: serving_model_info labels whether the fast path scores.
+    yield make_app(database_url, root, skip_broken_models=True, compile_models=True).test_client()
     from serving.database import close_all
 
     close_all()
