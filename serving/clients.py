@@ -20,6 +20,7 @@ from flask.cli import AppGroup
 from serving import database, migrations
 from serving.database import unit_of_work
 from serving.errors import Conflict, InvalidInput, NotFound, ServiceError, detail
+from serving.payloads import MAX_BY_LENGTH
 from serving.refreshing import Refreshing
 from serving.tables import ApiKey, iso, utcnow
 
@@ -43,7 +44,7 @@ def create_key(name: str, created_by: str) -> str:
         )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     try:
-        _create(name, key_hash(key), created_by[:200])
+        _create(name, key_hash(key), created_by[:MAX_BY_LENGTH])
     except peewee.IntegrityError as exc:
         raise Conflict(
             f"A key named {name!r} exists already (revoked keys keep their name).",

@@ -24,7 +24,7 @@ from serving.lifecycle import (
     apply_change,
     lock_statuses,
 )
-from serving.payloads import id_key
+from serving.payloads import MAX_BY_LENGTH, id_key
 from serving.quality import Measurement, logged, measure
 from serving.refreshing import Refreshing
 from serving.registry import Registry
@@ -175,7 +175,7 @@ class Experiments:
         promoted = bool(promote and chosen)
         # Within the history's 200 characters, however long `by` is.
         suffix = f" (A/B test {test.id})"
-        by_whom = by[: 200 - len(suffix)] + suffix
+        by_whom = by[: MAX_BY_LENGTH - len(suffix)] + suffix
 
         _stop(test, summary, chosen, promoted, winner, reason, by, by_whom)
         self._running.forget()
