@@ -38,9 +38,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     database.init_app(app, settings)
-    wait = settings.batch_max_wait_ms / 1000
-    app.extensions["scorer"] = Scorer(settings.batch_max_rows, wait)
-    app.extensions["writer"] = Writer(settings.batch_max_rows, wait)
+    wait = settings.micro_batch_max_wait_ms / 1000
+    app.extensions["scorer"] = Scorer(settings.micro_batch_max_size, wait)
+    app.extensions["writer"] = Writer(settings.micro_batch_max_size, wait)
     if _under_flask_command_line():
         # A `flask` command loads what it asks for (`load_models`): `flask routes` and
         # `--help` touch no database and unpickle nothing, `flask score` loads one endpoint;
@@ -76,11 +76,11 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         lifecycle = Lifecycle(settings.status_refresh_seconds)
         if settings.migrate_on_start:
             lifecycle.seed((e, v, s) for (e, v), s in registry.declared.items())
-        wait = settings.batch_max_wait_ms / 1000
+        wait = settings.micro_batch_max_wait_ms / 1000
         refresh = settings.status_refresh_seconds
         app.extensions["lifecycle"] = lifecycle
         app.extensions["experiments"] = Experiments(registry, lifecycle, refresh)
-        app.extensions["shadows"] = Shadows(registry, refresh, settings.batch_max_rows, wait)
+        app.extensions["shadows"] = Shadows(registry, refresh, settings.micro_batch_max_size, wait)
         app.extensions["services"] = dataplane.Services.of({**app.extensions, "registry": registry})
         # Published last: a concurrent first request never sees half of it.
         app.extensions["registry"] = registry

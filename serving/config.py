@@ -117,7 +117,9 @@ class Settings:
     predict_auth: bool = False
     # One shared client token, the simple option beside `flask keys` API keys.
     predict_token: str | None = None
-    max_batch_rows: int = 10_000
+    # Most rows in one /predict/batch request (MAX_BATCH_ROWS; 413 beyond): the HTTP batch,
+    # not the micro-batch of concurrent requests below.
+    http_batch_max_rows: int = 10_000
     max_body_bytes: int = 1_000_000
     # A batch of MAX_BATCH_ROWS rows is far larger than one observation.
     max_batch_body_bytes: int = 16_000_000
@@ -142,14 +144,17 @@ class Settings:
     db_connect_timeout_seconds: int = 3
     sqlite_busy_timeout_ms: int = 10_000
     migrate_on_start: bool = True
-    batch_max_rows: int = 64
+    # Most observations scored, or predictions committed, together by the micro-batcher
+    # (BATCH_MAX_ROWS): concurrent requests grouped in one worker.
+    micro_batch_max_size: int = 64
     compile_models: bool = True
     skip_broken_models: bool = False
     # The operator's sha256 pins of every model file, kept outside the model folders: a JSON
     # file's path, or the JSON itself (see serving/digests.py). Unset: model.json's pins only.
     model_digests: str | None = None
     status_refresh_seconds: float = 2.0
-    batch_max_wait_ms: float = 0.0
+    # How long a lone request may wait for company in a micro-batch (BATCH_MAX_WAIT_MS).
+    micro_batch_max_wait_ms: float = 0.0
     # prometheus_client's multiprocess directory: gunicorn's workers count into files there.
     metrics_dir: Path | None = None
 
@@ -170,7 +175,9 @@ class Settings:
             dashboard_token=env.get("DASHBOARD_TOKEN", "").strip() or None,
             predict_auth=_bool(env, "PREDICT_AUTH", bool(predict_token)),
             predict_token=predict_token,
-            max_batch_rows=_int(env, "MAX_BATCH_ROWS", defaults.max_batch_rows, minimum=1),
+            http_batch_max_rows=_int(
+                env, "MAX_BATCH_ROWS", defaults.http_batch_max_rows, minimum=1
+            ),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
             max_batch_body_bytes=_int(
                 env, "MAX_BATCH_BODY_BYTES", defaults.max_batch_body_bytes, minimum=1
@@ -195,14 +202,18 @@ class Settings:
                 env, "SQLITE_BUSY_TIMEOUT_MS", defaults.sqlite_busy_timeout_ms
             ),
             migrate_on_start=_bool(env, "MIGRATE_ON_START", defaults.migrate_on_start),
-            batch_max_rows=_int(env, "BATCH_MAX_ROWS", defaults.batch_max_rows, minimum=1),
+            micro_batch_max_size=_int(
+                env, "BATCH_MAX_ROWS", defaults.micro_batch_max_size, minimum=1
+            ),
             compile_models=_bool(env, "COMPILE_MODELS", defaults.compile_models),
             skip_broken_models=_bool(env, "SKIP_BROKEN_MODELS", defaults.skip_broken_models),
             model_digests=env.get("MODEL_DIGESTS", "").strip() or None,
             status_refresh_seconds=_float(
                 env, "STATUS_REFRESH_SECONDS", defaults.status_refresh_seconds
             ),
-            batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
+            micro_batch_max_wait_ms=_float(
+                env, "BATCH_MAX_WAIT_MS", defaults.micro_batch_max_wait_ms
+            ),
             metrics_dir=_optional_path(env, "METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR"),
         )
 

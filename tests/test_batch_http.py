@@ -37,7 +37,7 @@ def models_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def app(database_url: str, models_dir: Path):
-    application = make_app(database_url, models_dir, admin_token=TOKEN, max_batch_rows=1000)
+    application = make_app(database_url, models_dir, admin_token=TOKEN, http_batch_max_rows=1000)
     yield application
     from serving.database import close_all
 

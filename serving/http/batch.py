@@ -36,13 +36,13 @@ def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
         read = {name for model in versions.values() for name in model.schema.by_name}
         batch: rows.Rows = rows.from_csv(
             raw,
-            settings.max_batch_rows,
+            settings.http_batch_max_rows,
             max_columns=settings.max_batch_columns,
             keep=read,
             check=budget.check,
         )
     else:
-        batch = _json_rows(raw, settings.max_batch_rows)
+        batch = _json_rows(raw, settings.http_batch_max_rows)
     budget.check("reading the batch")
     annotate(endpoint=endpoint, rows=len(batch))
     prepared = dataplane.prepare_many(

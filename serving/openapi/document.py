@@ -53,7 +53,7 @@ def build(
     """The OpenAPI 3.1 document of an app serving `registry` with these routes."""
     endpoints = sorted(registry.models)
     versions = sorted({v for vs in registry.models.values() for v in vs}, key=version_order)
-    rows = settings.max_batch_rows
+    rows = settings.http_batch_max_rows
     schemas = {**SCHEMAS, **generic_components(rows), "AbTestStart": ab_test_start(versions)}
     for endpoint in endpoints:
         schemas.update(endpoint_components(endpoint, registry.models[endpoint], rows))
