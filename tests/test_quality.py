@@ -65,6 +65,7 @@ def _labelled(endpoint: str, version: str) -> list[Prediction]:
     )
 
 
+@pytest.mark.slow  # hundreds of requests: 5-6 s
 def test_binary_metrics_equal_scikit_learns(client):
     def noisy(observation, rng):
         return int(
@@ -108,6 +109,7 @@ def test_binary_metrics_equal_scikit_learns(client):
     assert low < got["accuracy"] < high
 
 
+@pytest.mark.slow  # hundreds of requests: 5-6 s
 def test_beyond_the_exact_limit_only_roc_auc_is_bucketed(client, monkeypatch):
     from serving import quality
 
@@ -127,6 +129,7 @@ def test_beyond_the_exact_limit_only_roc_auc_is_bucketed(client, monkeypatch):
     assert bucketed["confusion_matrix"] == exact["confusion_matrix"]
 
 
+@pytest.mark.slow  # hundreds of requests: 5-6 s
 def test_multiclass_metrics_equal_scikit_learns(client):
     labels = ["high", "low", "mid"]
 
@@ -156,6 +159,7 @@ def test_multiclass_metrics_equal_scikit_learns(client):
     )
 
 
+@pytest.mark.slow  # hundreds of requests: 5-6 s
 def test_regression_metrics_equal_scikit_learns(client):
     def noisy(observation, rng):
         return 3 * observation["x"] + observation["k"] + float(rng.normal(scale=0.5))
