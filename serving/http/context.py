@@ -1,4 +1,5 @@
-"""Per-request helpers shared by the blueprints."""
+"""Per-request helpers shared by the blueprints. Scoring and storing predictions go through
+the data plane (`services()`); no view reaches the scorer or the writer itself."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from serving.dataplane import Services
 from serving.experiments import Experiments
 from serving.http import bodies
 from serving.lifecycle import Lifecycle
-from serving.predictions import Writer
 from serving.registry import Registry
-from serving.scoring import Scorer
 from serving.shadows import Shadows
 
 
@@ -32,16 +31,6 @@ def experiments() -> Experiments:
 def shadows() -> Shadows:
     """The app's shadow versions."""
     return current_app.extensions["shadows"]
-
-
-def scorer() -> Scorer:
-    """The app's micro-batching scorer."""
-    return current_app.extensions["scorer"]
-
-
-def writer() -> Writer:
-    """The app's group-committing prediction writer."""
-    return current_app.extensions["writer"]
 
 
 def services() -> Services:
