@@ -1,10 +1,10 @@
-"""Batch scoring in process: the pipeline on one big frame vs the service's scoring path."""
+"""Batch scoring in process: the pipeline on one big frame vs the service's scoring paths."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,10 @@ class BatchResult:
     vectorised_rows_per_second: float
     ours_rows_per_second: float
     max_abs_difference: float
+    # LoadedModel.predict_columns: what /predict/batch and `flask score` call.
+    columns_rows_per_second: float = float("nan")
+    # Which path the fast path took for this many rows (compiled, estimator), or "pipeline".
+    path: str = ""
 
     @property
     def ratio(self) -> float:
@@ -32,34 +36,71 @@ class BatchResult:
         return self.ours_rows_per_second / self.vectorised_rows_per_second
 
     @property
+    def columns_ratio(self) -> float:
+        """predict_columns over the vectorised pipeline."""
+        return self.columns_rows_per_second / self.vectorised_rows_per_second
+
+    @property
     def agrees(self) -> bool:
         """Both paths gave the same probabilities, within the tolerance the load checks use."""
         return self.max_abs_difference <= TOLERANCE
 
 
-def measure(folder: Path, workload: Workload, rows: int, repeats: int) -> BatchResult:
-    """Time both paths on `rows` Titanic rows drawn with replacement; median of `repeats`.
+def measure(
+    folder: Path,
+    workload: Workload,
+    rows: int,
+    repeats: int,
+    model: LoadedModel | None = None,
+) -> BatchResult:
+    """Time the paths on `rows` Titanic rows drawn with replacement; median of `repeats`.
 
     Only the scoring calls are timed: building the frame and validating the dicts are the
-    caller's work in both cases.
+    caller's work in both cases. The calls take turns within each repeat (pipeline, ours,
+    ours by columns), so a machine that slows down mid-run slows all of them alike.
     """
     picks = np.random.default_rng(SAMPLE_SEED).integers(0, len(workload.frame), size=rows)
     frame = workload.frame.iloc[picks].reset_index(drop=True)
     pipeline = load_pipeline(folder)
     positive = list(pipeline.classes_).index(POSITIVE_CLASS)
 
-    model = LoadedModel.load(folder, "bench")
+    model = model or LoadedModel.load(folder, "bench")
     validated = [model.schema.validate(workload.observations[i])[0] for i in picks]
+    columns = {name: [row[name] for row in validated] for name in model.columns}
 
-    vectorised, vectorised_seconds = median_time(lambda: pipeline.predict_proba(frame), repeats)
-    scores, ours_seconds = median_time(lambda: model.predict(validated), repeats)
+    (vectorised, scores, by_columns), seconds = interleaved(
+        [
+            lambda: pipeline.predict_proba(frame),
+            lambda: model.predict(validated),
+            lambda: model.predict_columns(columns),
+        ],
+        repeats,
+    )
+    want = vectorised[:, positive]
     ours = np.array([score.proba for score in scores], dtype=np.float64)
+    difference = max(np.max(np.abs(ours - want)), np.max(np.abs(by_columns.proba - want)))
+    compiled = model.compiled
     return BatchResult(
         rows=rows,
-        vectorised_rows_per_second=rows / vectorised_seconds,
-        ours_rows_per_second=rows / ours_seconds,
-        max_abs_difference=float(np.max(np.abs(ours - vectorised[:, positive]))),
+        vectorised_rows_per_second=rows / seconds[0],
+        ours_rows_per_second=rows / seconds[1],
+        max_abs_difference=float(difference),
+        columns_rows_per_second=rows / seconds[2],
+        path="pipeline" if compiled is None else compiled.path_for(rows),
     )
+
+
+def interleaved(calls: Sequence[Callable[[], object]], repeats: int) -> tuple[list, list[float]]:
+    """Each call's result and the median of its `repeats` timings, the calls taking turns
+    within each repeat, after one untimed call each (caches, lazy imports)."""
+    results = [call() for call in calls]
+    seconds: list[list[float]] = [[] for _ in calls]
+    for _ in range(max(1, repeats)):
+        for k, call in enumerate(calls):
+            began = time.perf_counter()
+            results[k] = call()
+            seconds[k].append(time.perf_counter() - began)
+    return results, [statistics.median(s) for s in seconds]
 
 
 def median_time(call: Callable[[], object], repeats: int) -> tuple[object, float]:

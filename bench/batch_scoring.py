@@ -12,6 +12,15 @@ the same rows, in the same run:
   rows to `/predict/batch`, one after another, on a fresh database.
 
 Each run checks that every row was stored once and that the answers equal predict_proba.
+
+First, in process (`--in-process-rows`, default 1,000, 10,000 and 100,000; empty to skip),
+for both bench models (`--models`, the bundled logistic pipeline and a 100-tree forest,
+trained into a temporary folder): `pipeline.predict_proba` on a DataFrame against the
+service's own scoring, `LoadedModel.predict` on validated dicts and `predict_columns` on the
+same values column by column (what /predict/batch and `flask score` call), timed in turns,
+with the path the fast path took (compiled, or estimator: the forest's own predict_proba on
+the compiled matrix) and how far the answers are from predict_proba.
+
 With `--memory-gb N` it also writes an N GB CSV and runs `flask score --no-log` on it in a
 child process, sampling the child's resident memory: it should stay flat however large the
 file is.
@@ -34,13 +43,15 @@ import numpy as np
 import pandas as pd
 import requests
 
+from bench import batch, workload
 from bench.batch import median_time
 from bench.databases import DATABASES, DEFAULT_POSTGRES_URL, POSTGRES, fresh, postgres_problem
-from bench.models import load_pipeline
+from bench.models import MODELS, load_pipeline, train
 from bench.servers import OURS, running
 from bench.workload import POSITIVE_CLASS, TOLERANCE
 from serving import create_app
 from serving.database import close_all, db
+from serving.runtime import LoadedModel
 from training import titanic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -190,6 +201,29 @@ def _memory(source: Path, workdir: Path, gigabytes: float) -> dict:
     }
 
 
+def _in_process(models: Sequence[str], sizes: Sequence[int], repeats: int) -> bool:
+    """Print one line per model and batch size; False when some answers disagree."""
+    agree = True
+    with tempfile.TemporaryDirectory() as name:
+        for model_name in models:
+            folder = train(model_name, Path(name))
+            model = LoadedModel.load(folder, "bench")
+            load = workload.load(load_pipeline(folder))
+            for size in sizes:
+                result = batch.measure(folder, load, size, repeats, model)
+                agree &= result.agrees
+                print(
+                    f"in process: {model_name}, {size:,} rows: predict_proba "
+                    f"{result.vectorised_rows_per_second:,.0f} rows/s; LoadedModel.predict "
+                    f"{result.ours_rows_per_second:,.0f} rows/s ({result.ratio:.2f}x); "
+                    f"predict_columns {result.columns_rows_per_second:,.0f} rows/s "
+                    f"({result.columns_ratio:.2f}x); path {result.path}; answers within "
+                    f"{result.max_abs_difference:.1e} of predict_proba",
+                    flush=True,
+                )
+    return agree
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print one line per figure."""
     parser = argparse.ArgumentParser(prog="python -m bench.batch_scoring", description=__doc__)
@@ -198,11 +232,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--memory-gb", type=float, default=0.0)
+    parser.add_argument("--in-process-rows", default="1000,10000,100000")
+    parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args(argv)
+    sizes = [int(n) for n in args.in_process_rows.split(",") if n.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if unknown := [m for m in models if m not in MODELS]:
+        parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
     kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
     if unknown := [k for k in kinds if k not in DATABASES]:
         parser.error(f"unknown databases {unknown}; choose from {list(DATABASES)}")
 
+    failed = bool(sizes) and not _in_process(models, sizes, args.repeats)
+    if not kinds and not args.memory_gb:
+        return 1 if failed else 0
     pipeline = load_pipeline(REPO_ROOT)
     rows = _rows(args.rows)
     features = rows.drop(columns=["id"])
@@ -210,7 +253,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, alone = median_time(lambda: pipeline.predict_proba(features), args.repeats)
     n = args.rows
     print(f"model alone: predict_proba on {n:,} rows in a DataFrame {n / alone:,.0f} rows/s")
-    failed = False
     with tempfile.TemporaryDirectory() as name:
         workdir = Path(name)
         source = workdir / "rows.csv"

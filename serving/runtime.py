@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import joblib
 import numpy as np
@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from serving import dtypes_pickle, skops_format
 from serving.compiled import (
+    ESTIMATOR,
     CompiledPipeline,
     NotCompilable,
     compile_pipeline,
@@ -50,9 +51,13 @@ class ModelLoadError(Exception):
     """A model folder that cannot be served; the message names the folder and the problem."""
 
 
-@dataclass(frozen=True)
-class Score:
-    """What the model said about one observation."""
+class Score(NamedTuple):
+    """What the model said about one observation.
+
+    A named tuple rather than a frozen dataclass: as immutable, and a batch makes one per row,
+    which costs about half as much this way (10,000 rows: 2.7 against 5.6 ms; 100,000 with
+    100,000 validated rows alive: 44 against 77 ms).
+    """
 
     proba: float | None
     label: Any
@@ -85,9 +90,7 @@ class Scores:
             return [Score(None, v, value=v) for v in self.values.tolist()]
         assert self.proba is not None
         if self.probabilities is None:
-            return [
-                Score(p, label) for p, label in zip(self.proba.tolist(), self.labels, strict=True)
-            ]
+            return list(map(Score, self.proba.tolist(), self.labels))
         names = self.names or []
         return [
             Score(p, label, dict(zip(names, row, strict=True)))
@@ -240,6 +243,9 @@ class LoadedModel:
             "max_abs_difference": float(difference),
             "reference_rows": len(rows),
         }
+        if ESTIMATOR in compiled.paths:
+            # Verified too: from this many rows on, the estimator's own code scores the matrix.
+            self.fast_path["estimator_from_rows"] = compiled.head.batch_from
 
     def _fall_back(self, reason: str) -> None:
         self.compiled = None
@@ -290,8 +296,14 @@ class LoadedModel:
         return self._scores(values).rows()
 
     def predict_columns(self, columns: Mapping[str, Sequence[Any]]) -> Scores:
-        """Score many validated observations given column by column, with the pipeline itself
-        on one DataFrame: for large batches that beats the compiled path."""
+        """Score many validated observations given column by column: with the fast path when
+        there is one (which, for large batches of a forest, hands the compiled matrix to the
+        estimator's own code), else with the pipeline itself on one DataFrame."""
+        typed = None if self.compiled is None else self.compiled.columns_frame(columns)
+        if self.compiled is not None and typed is not None and typed.n_rows:
+            if self.classes:
+                return self._scores(self.compiled.predict_proba(typed))
+            return self._scores(self.compiled.predict(typed))
         frame = self.columns_frame(columns)
         if not len(frame):
             return self._scores(np.empty((0, len(self.classes))) if self.classes else np.empty(0))
@@ -305,7 +317,7 @@ class LoadedModel:
             values = np.asarray(output, dtype=np.float64)
             return Scores(None, values.tolist(), None, values)
         best = output.argmax(axis=1)
-        labels = [self.classes[i] for i in best.tolist()]
+        labels = list(map(self.classes.__getitem__, best.tolist()))
         if self._positive_index is not None:
             return Scores(output[:, self._positive_index], labels, None, None)
         chosen = output[np.arange(len(best)), best]

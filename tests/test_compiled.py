@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -33,13 +34,17 @@ from sklearn.preprocessing import (
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from serving.compiled import (
+    COMPILED,
+    ESTIMATOR,
     NotCompilable,
     as_float,
     compile_pipeline,
     reference_rows,
     register_transformer,
+    trees,
     verify,
 )
+from serving.compiled.custom import map_distinct
 from serving.runtime import LoadedModel
 from training import artifacts, titanic
 from training.profile import profile_frame
@@ -536,3 +541,75 @@ def test_http_answers_are_the_pipelines_with_or_without_the_fast_path(
     from serving.database import close_all
 
     close_all()
+
+
+@pytest.mark.parametrize(
+    ("classifier", "intended"),
+    [
+        (LogisticRegression(max_iter=1000), COMPILED),
+        (RandomForestClassifier(n_estimators=30, random_state=0), ESTIMATOR),
+    ],
+    ids=["logistic", "forest"],
+)
+def test_a_large_batch_takes_the_intended_path_and_gives_predict_proba(
+    tmp_path, titanic_data, classifier, intended
+):
+    X, y = titanic_data
+    pipeline = titanic.build_pipeline().set_params(classifier=classifier).fit(X, y)
+    model = served(tmp_path, pipeline, X)
+    compiled = model.compiled
+    assert compiled is not None, model.fast_path
+    n = 3 * trees.BATCH_FROM
+    frame = X.iloc[np.random.default_rng(0).integers(0, len(X), size=n)].reset_index(drop=True)
+    rows = as_rows(frame)
+    want = pipeline.predict_proba(frame)
+
+    # The path depends on the batch size alone: one row and anything under the crossover stay
+    # compiled; a forest's large batches go to its own predict_proba, a logistic's do not.
+    assert compiled.path_for(1) == compiled.path_for(trees.BATCH_FROM - 1) == COMPILED
+    assert compiled.path_for(n) == intended
+    assert ("estimator_from_rows" in model.fast_path) == (intended == ESTIMATOR)
+    took: list[str] = []
+    head = compiled.head
+
+    def spy(path: str, fn):
+        def run(X):
+            took.append(path)
+            return fn(X)
+
+        return run
+
+    compiled.head = dataclasses.replace(
+        head,
+        proba=spy(COMPILED, head.proba),
+        batch_proba=head.batch_proba and spy(ESTIMATOR, head.batch_proba),
+    )
+    try:
+        scores = model.predict(rows)
+        by_columns = model.predict_columns({c: [r[c] for r in rows] for c in model.columns})
+        model.predict(rows[:1])
+    finally:
+        compiled.head = head
+    assert took == [intended, intended, COMPILED]
+
+    positive = want[:, list(pipeline.classes_).index(1)]
+    assert max_gap(np.array([s.proba for s in scores]), positive) <= 1e-6
+    assert max_gap(by_columns.proba, positive) <= 1e-6
+    assert [s.label for s in scores] == by_columns.labels == list(pipeline.predict(frame))
+    for path in compiled.paths:
+        assert max_gap(compiled.predict_proba(rows, path=path), want) <= 1e-6
+
+
+def test_cell_functions_run_once_per_distinct_value_and_keep_equal_types_apart():
+    calls: list[object] = []
+
+    def cell(value: object) -> str:
+        calls.append(value)
+        return repr(value)
+
+    values = ["C85", None, "C85", math.nan, "E1", None, math.nan] * 10
+    assert map_distinct(cell, values) == [repr(v) for v in values]
+    assert len(calls) == 4
+    # 1, 1.0 and True are one dict key, as are 0.0 and -0.0, yet spelled apart: no sharing.
+    for mixed in ([1, 1.0, True, 1], [0.0, -0.0, 0.0, "0.0"]):
+        assert map_distinct(repr, mixed) == [repr(v) for v in mixed]

@@ -12,6 +12,8 @@ with `register_estimator`); see serving/compiled/custom.py for examples.
 # Importing the converter modules fills the registry; core alone knows no estimators.
 from serving.compiled import compose, custom, linear, preprocessing, trees
 from serving.compiled.core import (
+    COMPILED,
+    ESTIMATOR,
     CompiledPipeline,
     Frame,
     Head,
@@ -27,6 +29,8 @@ from serving.compiled.reference import reference_rows
 from serving.compiled.verification import verify
 
 __all__ = [
+    "COMPILED",
+    "ESTIMATOR",
     "CompiledPipeline",
     "Frame",
     "Head",

@@ -8,7 +8,7 @@ time, to read the dtypes the model was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +79,23 @@ class Head:
     """A final estimator as NumPy functions of its feature matrix.
 
     Classifiers set `classes` and `proba` (n, n_classes); regressors set `predict`.
+
+    A head whose NumPy functions lose to the estimator's own code on large batches (trees)
+    also sets `batch_from` and `batch_proba` or `batch_predict`: from `batch_from` rows on,
+    the matrix goes to those instead (the ESTIMATOR path). Verification checks both paths.
     """
 
     classes: np.ndarray | None = None
     proba: Callable[[np.ndarray], np.ndarray] | None = None
     predict: Callable[[np.ndarray], np.ndarray] | None = None
+    batch_from: int | None = None
+    batch_proba: Callable[[np.ndarray], np.ndarray] | None = None
+    batch_predict: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+# The two ways a compiled pipeline scores a matrix: its own NumPy head, or, for large batches
+# of a head that sets batch_from, the fitted estimator's own method.
+COMPILED, ESTIMATOR = "compiled", "estimator"
 
 
 _TRANSFORMERS: dict[type, Callable[[Any], Transform]] = {}
@@ -246,23 +258,64 @@ class CompiledPipeline:
         ]
         return Frame(self.columns, arrays, len(rows))
 
-    def features(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """The matrix the final estimator receives for these rows."""
-        return as_matrix(self._transform(self.frame(rows)))
+    def columns_frame(self, columns: Mapping[str, Sequence[Any]]) -> Frame:
+        """Validated values given column by column, as typed input columns: the same arrays
+        `frame` makes of the same values given row by row."""
+        arrays = [
+            read(columns[name]) for name, read in zip(self.columns, self._readers, strict=True)
+        ]
+        return Frame(self.columns, arrays, len(arrays[0]) if arrays else 0)
 
-    def predict_proba(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Class probabilities, shape (n, n_classes), columns in `classes_` order."""
-        if self.head.proba is None:
+    def features(self, rows: Sequence[dict[str, Any]] | Frame) -> np.ndarray:
+        """The matrix the final estimator receives for these rows (dicts, or a Frame)."""
+        frame = rows if isinstance(rows, Frame) else self.frame(rows)
+        return as_matrix(self._transform(frame))
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths this pipeline may take: COMPILED, and ESTIMATOR when the head has one."""
+        return (COMPILED,) if self.head.batch_from is None else (COMPILED, ESTIMATOR)
+
+    def path_for(self, n_rows: int) -> str:
+        """The path a batch of `n_rows` takes: fixed by the row count alone."""
+        batch_from = self.head.batch_from
+        return ESTIMATOR if batch_from is not None and n_rows >= batch_from else COMPILED
+
+    def predict_proba(
+        self, rows: Sequence[dict[str, Any]] | Frame, path: str | None = None
+    ) -> np.ndarray:
+        """Class probabilities, shape (n, n_classes), columns in `classes_` order.
+
+        `rows` are validated dicts or a Frame (`columns_frame`). `path` forces COMPILED or
+        ESTIMATOR (verification checks both); by default the batch size chooses (`path_for`).
+        """
+        head = self.head
+        if head.proba is None:
             raise TypeError("this pipeline is a regressor: use predict")
-        if not rows:
-            return np.empty((0, len(self.head.classes)))
-        return self.head.proba(self.features(rows))
+        n = n_rows(rows) if isinstance(rows, Frame) else len(rows)
+        if not n:
+            return np.empty((0, len(head.classes)))
+        score = head.batch_proba if self._path(n, path) == ESTIMATOR else head.proba
+        return score(self.features(rows))
 
-    def predict(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Regression values, as the pipeline's predict returns them."""
-        if self.head.predict is None:
+    def predict(
+        self, rows: Sequence[dict[str, Any]] | Frame, path: str | None = None
+    ) -> np.ndarray:
+        """Regression values, as the pipeline's predict returns them; `rows` and `path` as in
+        predict_proba."""
+        head = self.head
+        if head.predict is None:
             raise TypeError("this pipeline is a classifier: use predict_proba")
-        return self.head.predict(self.features(rows))
+        n = n_rows(rows) if isinstance(rows, Frame) else len(rows)
+        score = head.batch_predict if self._path(n, path) == ESTIMATOR else head.predict
+        return score(self.features(rows))
+
+    def _path(self, n_rows: int, path: str | None) -> str:
+        if path is None:
+            return self.path_for(n_rows)
+        if path not in self.paths:
+            raise ValueError(f"no {path!r} path here; this pipeline has {self.paths}")
+        return path
 
 
 def compile_pipeline(pipeline: Any, columns: list[str], dtypes: dict[str, Any]) -> CompiledPipeline:

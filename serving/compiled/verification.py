@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.compiled.core import CompiledPipeline
+from serving.compiled.core import COMPILED, ESTIMATOR, CompiledPipeline
 
 Outputs = list[np.ndarray | None]  # one output per row; None where scoring the row raised
 
@@ -25,7 +25,9 @@ def verify(
 
     Compares predict_proba for classifiers and predict for regressors: first the compiled
     batch, then (unless that already exceeds `tolerance`) every row scored alone, since the
-    service mostly scores one row at a time. A row the pipeline rejects (e.g. an unknown
+    service mostly scores one row at a time. A pipeline with a large-batch path (ESTIMATOR:
+    the fitted estimator's own method on the compiled matrix) has all rows scored that way
+    too, forced whatever their number. A row the pipeline rejects (e.g. an unknown
     category with handle_unknown='error') must be rejected by the compiled path too, and the
     other way round; otherwise the difference is infinite. The caller falls back to the
     pipeline when the result exceeds its tolerance.
@@ -33,12 +35,21 @@ def verify(
     rows = list(rows)
     if not rows:
         return 0.0
-    score = compiled.predict_proba if compiled.is_classifier else compiled.predict
+    method = compiled.predict_proba if compiled.is_classifier else compiled.predict
+
+    def score(batch: list[dict]) -> np.ndarray:
+        return method(batch, path=COMPILED)
+
     got = _outputs(score, rows)
     expected = _pipeline_outputs(pipeline, frame_builder, rows, compiled.is_classifier, got)
     worst = _difference(got, expected)
     if worst > tolerance:
         return worst
+    if ESTIMATOR in compiled.paths:
+        large = _outputs(lambda batch: method(batch, path=ESTIMATOR), rows)
+        worst = max(worst, _difference(large, expected))
+        if worst > tolerance:
+            return worst
     for row, want in zip(rows, expected, strict=True):
         worst = max(worst, _difference(_outputs(score, [row]), [want]))
         if worst > tolerance:
