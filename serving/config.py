@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,7 +223,7 @@ class Settings:
         unknown = set(overrides) - known
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
-        values = dict(overrides)
+        values: dict[str, Any] = dict(overrides)
         for key in ("root_model_dir", "models_dir"):
             if key in values:
                 values[key] = Path(values[key])

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import peewee
@@ -87,7 +87,7 @@ class PostgresPool(PooledPostgresqlDatabase):
         # Connection state is per thread already; this lock only made threads connect in turn.
         self._lock = peewee._NoopLock()
 
-    def _connect(self):  # a driver connection
+    def _connect(self) -> Any:  # a driver connection
         while True:
             with self._pool_lock:
                 conn, stamp = None, 0.0
@@ -210,17 +210,19 @@ class SqliteWriteLock:
     def __enter__(self) -> None:
         self._threads.acquire()
         try:
-            if self._pid != os.getpid():
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._fd
+            if fd is None or self._pid != os.getpid():
+                fd = self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
                 self._pid = os.getpid()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             self._threads.release()
             raise
 
     def __exit__(self, *_exc: object) -> None:
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
 

@@ -40,7 +40,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -340,7 +340,7 @@ def _latest_rows(endpoint: str, version: str, window: Window) -> list[tuple[str,
         since = utcnow() - dt.timedelta(seconds=window.seconds)
         query = query.where(Prediction.created_at >= since)
     query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc())
-    return list(query.limit(window.rows).tuples())
+    return cast("list[tuple[str, Any]]", list(query.limit(window.rows).tuples()))
 
 
 def recent_observations(endpoint: str, version: str, window: Window) -> Recent:

@@ -234,8 +234,12 @@ def verdict(a: Measurement, b: Measurement) -> dict[str, Any]:
         )
     else:
         result = statistics.two_proportions(a.correct, a.labelled, b.correct, b.labelled)
-        rates = a.metrics.get("accuracy"), b.metrics.get("accuracy")
-        needed = statistics.rows_per_arm_for_proportions(*rates) if None not in rates else None
+        rate_a, rate_b = a.metrics.get("accuracy"), b.metrics.get("accuracy")
+        needed = (
+            statistics.rows_per_arm_for_proportions(rate_a, rate_b)
+            if rate_a is not None and rate_b is not None
+            else None
+        )
     if a.labelled == 0 or b.labelled == 0:
         outcome = NO_LABELLED_DATA
     elif (

@@ -147,7 +147,7 @@ class RequestCounter:
         rule = request.url_rule
         method = request.method
         endpoint = fields.get("endpoint")
-        if endpoint not in self._endpoints():
+        if not isinstance(endpoint, str) or endpoint not in self._endpoints():
             # A name a client made up: as a label it would grow without bound.
             endpoint = version = ""
         else:
@@ -301,6 +301,11 @@ def declare_zero_series(registry: Registry) -> None:
     _zeros_declared_in = os.getpid()
 
 
+def _constant(value: int) -> Callable[[], int]:
+    """A function that returns `value`: ProcessCollector's pid, fixed per process."""
+    return lambda: value
+
+
 def _process_ids() -> list[int]:
     """The gunicorn master and its live workers (whose parent it is), read from /proc."""
     master = os.getppid()
@@ -329,7 +334,7 @@ class _Processes:
 
         merged: dict[str, Metric] = {}
         for pid in _process_ids():
-            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            collector = ProcessCollector(pid=_constant(pid), registry=None)
             for family in collector.collect():
                 into = merged.get(family.name)
                 if into is None:

@@ -332,7 +332,7 @@ def _copy(batch: NewPredictions, positions: list[int]) -> dict[tuple[str, str], 
         c: list(getattr(batch, c)) if whole else [getattr(batch, c)[i] for i in positions]
         for c in _INSERTED
     }
-    with peewee.__exception_wrapper__:
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]  # not in peewee-stubs
         cursor = db.cursor()
         cursor.execute(
             # The sequence's name is looked up once (a subquery), not once per row.

@@ -69,7 +69,8 @@ def logged(
     arm: str | None = None,
 ) -> Rows:
     """Predictions a version answered, optionally in [since, until) or in one A/B arm."""
-    where, params = ["endpoint = ?", "model_version = ?"], [endpoint, version]
+    where = ["endpoint = ?", "model_version = ?"]
+    params: list[Any] = [endpoint, version]
     for clause, value in (
         ("created_at >= ?", since),
         ("created_at < ?", until),
@@ -420,7 +421,9 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
     total = t_squares - t_sum * t_sum / n
     result.estimates = {
         "mae": statistics.mean(abs_sum, sq_sum, n, bounds=(0.0, None)),
-        "rmse": Estimate(
+        "rmse": statistics.NO_ESTIMATE
+        if mse.value is None
+        else Estimate(
             math.sqrt(mse.value),
             None if mse.low is None else math.sqrt(max(0.0, mse.low)),
             None if mse.high is None else math.sqrt(mse.high),

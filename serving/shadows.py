@@ -158,8 +158,8 @@ def _deltas(shadow: Measurement, answering: Measurement) -> dict[str, float | No
     """Shadow minus answering, per metric (for log loss, Brier and errors, lower is better)."""
     mine, theirs = shadow.metrics, answering.metrics
     return {
-        name: None if mine[name] is None or theirs.get(name) is None else mine[name] - theirs[name]
-        for name in mine
+        name: None if value is None or (other := theirs.get(name)) is None else value - other
+        for name, value in mine.items()
     }
 
 

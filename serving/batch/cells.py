@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from serving.payloads import NonFinite
 from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, Field
@@ -85,7 +85,10 @@ def _numbers(cells: Sequence[Any], parse: Any, one: Any) -> list[Any]:
     return out
 
 
-def _present(value: Any) -> bool:
+_T = TypeVar("_T")
+
+
+def _present(value: _T | None) -> TypeGuard[_T]:
     return value is not None
 
 

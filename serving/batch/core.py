@@ -61,16 +61,19 @@ def route(
     depends on it); otherwise the choice does not depend on the id, so it is made once for
     the whole batch. Rows that cannot be scored (a bad id) go nowhere.
     """
-    positions = [i for i, key in enumerate(rows.keys) if key is not None and i not in rows.errors]
+    keyed = [
+        (i, key) for i, key in enumerate(rows.keys) if key is not None and i not in rows.errors
+    ]
+    positions = [i for i, _ in keyed]
     # An empty ?version= or ?status= is the same as none, as `routing.choose` reads it.
     if not version and not status and experiments.running(endpoint) is not None:
         groups: dict[tuple[str, int | None, str | None], Group] = {}
-        for i in positions:
-            chosen = routing.choose(registry, lifecycle, experiments, endpoint, rows.keys[i])
+        for i, observation_id in keyed:
+            chosen = routing.choose(registry, lifecycle, experiments, endpoint, observation_id)
             key = (chosen.model.version, chosen.ab_test, chosen.arm)
             groups.setdefault(key, Group(chosen, [])).positions.append(i)
         return list(groups.values())
-    first = rows.keys[positions[0]] if positions else ""
+    first = keyed[0][1] if keyed else ""
     # Resolved even when no row is valid, so an unknown version is still a 404.
     chosen = routing.choose(
         registry, lifecycle, experiments, endpoint, first, version=version, status=status

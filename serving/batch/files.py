@@ -250,7 +250,7 @@ def _open_output(output: Path, state: Checkpoint, columns: list[str]) -> BinaryI
         # The checkpoint first: killed before the header is written, the run starts over.
         state.output_offset = len(header)
         state.save(output)
-        handle = output.open("wb")
+        handle: BinaryIO = output.open("wb")
         handle.write(header)
         handle.flush()
         return handle

@@ -7,7 +7,7 @@ import io
 import json
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -131,7 +131,7 @@ def csv_text(results: Results, columns: list[str], header: bool = False) -> str:
         for column in by_class:
             column[i] = ""
     writer = csv.writer(buffer, lineterminator="\n")
-    columns_out = [ids, results.status, versions, proba, labels, *by_class]
+    columns_out: list[Sequence[object]] = [ids, results.status, versions, proba, labels, *by_class]
     lines = zip(*columns_out, warnings, errors, details, strict=True)
     # The csv module quotes a field holding "\n" but not one holding a lone "\r" (not in
     # our line end), which readers then take for a line end: such rows are written with

@@ -173,7 +173,7 @@ def chain(transforms: Sequence[Transform]) -> Transform:
     return transform
 
 
-def _reader(name: str, dtype: Any) -> Callable[[list[Any]], np.ndarray]:
+def _reader(name: str, dtype: Any) -> Callable[[Sequence[Any]], np.ndarray]:
     """How one input column becomes the array sklearn sees after `LoadedModel.frame`."""
     if isinstance(dtype, pd.CategoricalDtype):
         categories = dtype.categories.dtype
@@ -197,16 +197,16 @@ def _reader(name: str, dtype: Any) -> Callable[[list[Any]], np.ndarray]:
     raise NotCompilable(f"no reader for column {name!r} of dtype {dtype}")
 
 
-def _float_reader(dtype: np.dtype) -> Callable[[list[Any]], np.ndarray]:
-    def read(values: list[Any]) -> np.ndarray:
+def _float_reader(dtype: np.dtype) -> Callable[[Sequence[Any]], np.ndarray]:
+    def read(values: Sequence[Any]) -> np.ndarray:
         # NumPy turns None into NaN for float arrays, which is what the frame does too.
         return np.array(values, dtype=dtype)
 
     return read
 
 
-def _strict_reader(name: str, dtype: np.dtype) -> Callable[[list[Any]], np.ndarray]:
-    def read(values: list[Any]) -> np.ndarray:
+def _strict_reader(name: str, dtype: np.dtype) -> Callable[[Sequence[Any]], np.ndarray]:
+    def read(values: Sequence[Any]) -> np.ndarray:
         # int64 and bool columns cannot hold a gap; NumPy would silently make None False.
         if any(v is None for v in values):
             raise ValueError(f"column {name!r} ({dtype}) cannot hold a missing value")
@@ -215,7 +215,7 @@ def _strict_reader(name: str, dtype: np.dtype) -> Callable[[list[Any]], np.ndarr
     return read
 
 
-def _object_reader(values: list[Any]) -> np.ndarray:
+def _object_reader(values: Sequence[Any]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     # A JSON null must reach the transformers as NaN, exactly as LoadedModel.frame makes it.
     out[:] = [np.nan if v is None else v for v in values]
@@ -231,7 +231,7 @@ class CompiledPipeline:
     def __init__(
         self,
         columns: Sequence[str],
-        readers: Sequence[Callable[[list[Any]], np.ndarray]],
+        readers: Sequence[Callable[[Sequence[Any]], np.ndarray]],
         transform: Transform,
         head: Head,
     ):
@@ -290,12 +290,14 @@ class CompiledPipeline:
         ESTIMATOR (verification checks both); by default the batch size chooses (`path_for`).
         """
         head = self.head
-        if head.proba is None:
+        if head.proba is None or head.classes is None:
             raise TypeError("this pipeline is a regressor: use predict")
         n = n_rows(rows) if isinstance(rows, Frame) else len(rows)
         if not n:
             return np.empty((0, len(head.classes)))
         score = head.batch_proba if self._path(n, path) == ESTIMATOR else head.proba
+        if score is None:
+            raise TypeError("this pipeline has no estimator path for probabilities")
         return score(self.features(rows))
 
     def predict(
@@ -308,6 +310,8 @@ class CompiledPipeline:
             raise TypeError("this pipeline is a classifier: use predict_proba")
         n = n_rows(rows) if isinstance(rows, Frame) else len(rows)
         score = head.batch_predict if self._path(n, path) == ESTIMATOR else head.predict
+        if score is None:
+            raise TypeError("this pipeline has no estimator path for values")
         return score(self.features(rows))
 
     def _path(self, n_rows: int, path: str | None) -> str:

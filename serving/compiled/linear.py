@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
@@ -57,7 +58,7 @@ def _logistic_regression(est: LogisticRegression) -> Head:
     return Head(classes=classes, proba=proba)
 
 
-def _linear_regressor(est) -> Head:
+def _linear_regressor(est: Any) -> Head:
     decision = _decision(np.array(est.coef_, dtype=np.float64), np.array(est.intercept_), False)
     return Head(predict=decision)
 

@@ -181,7 +181,11 @@ def _one_hot_positions(enc: OneHotEncoder, i: int) -> tuple[list[int], int]:
     """
     n_cats = len(enc.categories_[i])
     mappings = getattr(enc, "_default_to_infrequent_mappings", None)
-    grouped = mappings[i] if enc._infrequent_enabled and mappings[i] is not None else None
+    grouped = (
+        mappings[i]
+        if enc._infrequent_enabled and mappings is not None and mappings[i] is not None
+        else None
+    )
     group = list(range(n_cats)) if grouped is None else [int(g) for g in grouped]
     drops = enc._drop_idx_after_grouping
     drop = None if drops is None or drops[i] is None else int(drops[i])

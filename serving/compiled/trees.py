@@ -78,13 +78,14 @@ class Forest:
         node = np.repeat(self.roots, n)
         base = np.tile(np.arange(n, dtype=np.intp) * p, self.n_trees)
         has_nan = bool(np.isnan(flat).any())
-        if has_nan and self.missing_left is None:
+        missing_left = self.missing_left if has_nan else None
+        if has_nan and missing_left is None:
             raise ValueError("Input X contains NaN.")
         for level in range(self.depth):
             x = flat[base + self.feature[node]]
             go_left = x <= self.threshold[node]
-            if has_nan:
-                go_left = np.where(np.isnan(x), self.missing_left[node], go_left)
+            if missing_left is not None:
+                go_left = np.where(np.isnan(x), missing_left[node], go_left)
             moved = self.child[2 * node + go_left]
             # Paths are often much shorter than the deepest tree; stop once none moved
             # (an inner node never is its own child). Checking every step would cost more.

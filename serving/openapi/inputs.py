@@ -102,12 +102,12 @@ def example_observation(model: LoadedModel) -> dict[str, Any] | None:
     for f in model.schema.fields:
         entry = profile.get(f.name) or {}
         quantiles = entry.get("quantiles") or []
-        frequencies = entry.get("frequencies") or {}
+        frequencies: dict[str, float] = entry.get("frequencies") or {}
         if f.kind in (NUMBER, INTEGER) and quantiles:
             middle = quantiles[len(quantiles) // 2]
             example[f.name] = round(middle) if f.kind == INTEGER else middle
         elif f.kind == STRING and frequencies:
-            example[f.name] = max(frequencies, key=frequencies.get)
+            example[f.name] = max(frequencies, key=frequencies.__getitem__)
         elif f.kind == CATEGORY and f.categories:
             example[f.name] = f.categories[0]
         elif f.kind == BOOLEAN:
