@@ -27,10 +27,11 @@ test-fast:  ## the suite without e2e, browser and multi-process tests, on SQLite
 	@scripts/venv dev
 	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -m "not e2e and not slow" $(ARGS)
 
-lint:  ## ruff, ruff format and hadolint
+lint:  ## ruff, ruff format, mypy and hadolint
 	@scripts/venv dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
 migrate:  ## bring the database at DATABASE_URL up to date
@@ -45,4 +46,4 @@ container-check:  ## build the image and run it for real (root; podman, buildah;
 	scripts/container-check
 
 clean:  ## remove .venv, caches and the default SQLite database
-	rm -rf .venv .pytest_cache .ruff_cache predictions.db*
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache predictions.db*
