@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 from serving import create_app
 from serving.database import db
@@ -21,7 +22,7 @@ def test_a_request_that_finds_every_connection_busy_gets_503_and_stores_nothing(
             "root_model_dir": REPO_ROOT,
             "models_dir": tmp_path / "none",
             "db_pool_size": 1,
-            "db_pool_wait_seconds": 0.2,
+            "db_pool_wait_seconds": 0.5,
         }
     )
     holding, release = threading.Event(), threading.Event()
@@ -36,10 +37,15 @@ def test_a_request_that_finds_every_connection_busy_gets_503_and_stores_nothing(
     holder.start()
     try:
         assert holding.wait(10)
+        started = time.monotonic()
         answer = app.test_client().post(
             "/predict", data=json.dumps({"id": "busy", "observation": PASSENGER})
         )
+        waited = time.monotonic() - started
+        # Refused within the pool wait (and a little), with when to come back.
         assert answer.status_code == 503
+        assert waited < 0.5 + 1.0
+        assert int(answer.headers["Retry-After"]) >= 1
         assert "connection" in answer.get_json()["error"]
     finally:
         release.set()
