@@ -8,7 +8,8 @@ import joblib
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from training import artifacts, data, metrics, profile, titanic
+from serving import artifacts, fit_metrics, profile
+from training import data, titanic
 
 LOGREG, FOREST = "logreg", "forest"
 MODELS = (LOGREG, FOREST)
@@ -53,7 +54,7 @@ def train_forest(out_dir: Path) -> dict:
         "target": titanic.TARGET,
         "class_labels": [int(label) for label in pipeline.classes_],
         "positive_class": 1,
-        "metrics": {"holdout": metrics.binary_holdout_metrics(y_holdout, holdout_proba)},
+        "metrics": {"holdout": fit_metrics.binary_holdout_metrics(y_holdout, holdout_proba)},
         "library_versions": artifacts.library_versions(),
         "training": {
             "data": data.describe_path(titanic.DATA_PATH),

@@ -22,12 +22,17 @@ class SkopsRefused(Exception):
     """A skops file holding types model.json does not trust; the message is the reason."""
 
 
+def untrustable(types: list[str]) -> list[str]:
+    """The types no model.json may trust: those from outside TRUSTABLE_PACKAGES."""
+    return [t for t in types if t.split(".", 1)[0] not in TRUSTABLE_PACKAGES]
+
+
 def trusted_types(metadata: Mapping[str, Any]) -> list[str]:
     """The types model.json trusts, checked to come from a package allowed to be trusted."""
     listed = metadata.get(TRUSTED_KEY, [])
     if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
         raise SkopsRefused(f"model.json {TRUSTED_KEY} must be a list of type names")
-    outside = [t for t in listed if t.split(".", 1)[0] not in TRUSTABLE_PACKAGES]
+    outside = untrustable(listed)
     if outside:
         raise SkopsRefused(
             f"model.json {TRUSTED_KEY} lists {outside}; only types from "
@@ -49,3 +54,21 @@ def loads(data: bytes, metadata: Mapping[str, Any]) -> Any:
             f"{refused}"
         )
     return skops.io.loads(data, trusted=sorted(set(untrusted)))
+
+
+def dumps(pipeline: Any) -> tuple[bytes, list[str]]:
+    """Save a pipeline in the skops format and return its bytes with the types skops will not
+    build unless model.json trusts them, checked as `trusted_types` checks that list: a type
+    from outside TRUSTABLE_PACKAGES raises SkopsRefused, since no folder could load it."""
+    import skops.io
+
+    data = skops.io.dumps(pipeline)
+    untrusted = sorted(set(skops.io.get_untrusted_types(data=data)))
+    outside = untrustable(untrusted)
+    if outside:
+        raise SkopsRefused(
+            f"the pipeline holds types {outside}, which a skops folder can never trust (only "
+            f"types from {', '.join(TRUSTABLE_PACKAGES)}); move custom code into the "
+            "custom_transformers package, or save it as a pickle"
+        )
+    return data, untrusted

@@ -33,6 +33,7 @@ from sklearn.preprocessing import (
 )
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
+from serving import artifacts
 from serving.compiled import (
     COMPILED,
     ESTIMATOR,
@@ -45,9 +46,9 @@ from serving.compiled import (
     verify,
 )
 from serving.compiled.custom import map_distinct
+from serving.profile import profile_frame
 from serving.runtime import LoadedModel
-from training import artifacts, titanic
-from training.profile import profile_frame
+from training import titanic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXACT = 1e-9

@@ -18,6 +18,7 @@ from markupsafe import escape
 
 from serving.config import Settings
 from serving.dashboard import charts
+from serving.profile import profile_frame
 from serving.tables import Prediction
 from serving.traffic import DAY, HOUR, MAX_BUCKETS, MIN_BUCKETS, MINUTE, choose_width, traffic
 from tests.conftest import (
@@ -29,7 +30,6 @@ from tests.conftest import (
     make_app,
 )
 from tests.samples import PASSENGER
-from training.profile import profile_frame
 
 ADMIN_TOKEN = "admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

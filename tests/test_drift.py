@@ -23,9 +23,9 @@ from serving.drift import (
     psi,
 )
 from serving.errors import BadRequest
+from serving.profile import profile_column
 from serving.tables import Prediction, utcnow
 from tests.conftest import REPO_ROOT, fit_tiny_model, make_app
-from training.profile import profile_column
 
 DECILES = [-3.0, -1.28, -0.84, -0.52, -0.25, 0.0, 0.25, 0.52, 0.84, 1.28, 3.0]
 PROFILE = {

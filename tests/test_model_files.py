@@ -164,7 +164,7 @@ def test_committed_model_json_pins_every_file(folder: Path):
 
 
 def test_training_pins_every_file(tmp_path: Path):
-    from training import artifacts
+    from serving import artifacts
 
     frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
     from sklearn.linear_model import LinearRegression

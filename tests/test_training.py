@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from serving import artifacts
+from serving.profile import QUANTILES
 from tests.environment import clean_environ
 from tests.samples import PASSENGER, RETRAIN_TOLERANCE
-from training import artifacts, titanic
+from training import titanic
 from training.__main__ import parse_args
 from training.data import REPO_ROOT
-from training.profile import QUANTILES
 
 MODEL_FILES = ["pipeline.pickle", "dtypes.pickle", "columns.json", "model.json"]
 STRING_COLUMNS = ["Cabin", "Embarked", "Sex"]

@@ -11,7 +11,8 @@ import pandas as pd
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
-from training import artifacts, data, metrics, profile
+from serving import artifacts, fit_metrics, profile
+from training import data
 
 NAME = "heights"
 VERSION = "1"
@@ -43,7 +44,7 @@ def train(models_dir: Path) -> dict:
         "task": "regression",
         "target": TARGET,
         "out_of_range": "reject",
-        "metrics": {"training": metrics.regression_metrics(y, pipeline.predict(X))},
+        "metrics": {"training": fit_metrics.regression_metrics(y, pipeline.predict(X))},
         "library_versions": artifacts.library_versions(),
         "training": {
             "data": data.describe_path(DATA_PATH),

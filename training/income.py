@@ -15,7 +15,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from custom_transformers import CategoricalImputer
-from training import artifacts, data, metrics, profile
+from serving import artifacts, fit_metrics, profile
+from training import data
 
 NAME = "income"
 TARGET = "income"
@@ -86,6 +87,7 @@ def train(models_dir: Path) -> dict[str, dict]:
         pipeline = build_pipeline(learner(**TREE_LIMITS)).fit(X, y)
         positive = list(pipeline.classes_).index(POSITIVE_CLASS)
         proba = pipeline.predict_proba(X_test)[:, positive]
+        holdout = fit_metrics.binary_holdout_metrics(y_test, proba, POSITIVE_CLASS)
         metadata = {
             "name": NAME,
             "endpoint": NAME,
@@ -95,7 +97,7 @@ def train(models_dir: Path) -> dict[str, dict]:
             "target": TARGET,
             "class_labels": [str(label) for label in pipeline.classes_],
             "positive_class": POSITIVE_CLASS,
-            "metrics": {"holdout": metrics.binary_holdout_metrics(y_test, proba, POSITIVE_CLASS)},
+            "metrics": {"holdout": holdout},
             "library_versions": artifacts.library_versions(),
             "training": {
                 "data": data.describe_path(TRAIN_PATH),

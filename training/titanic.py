@@ -11,7 +11,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from custom_transformers import CabinDeck, CategoricalImputer, FamilySize
-from training import artifacts, data, metrics, profile
+from serving import artifacts, fit_metrics, profile
+from training import data
 
 NAME = "titanic"
 VERSION = "1"
@@ -75,7 +76,7 @@ def train(out_dir: Path, data_path: Path | None = None) -> dict:
         "target": TARGET,
         "class_labels": [int(label) for label in pipeline.classes_],
         "positive_class": 1,
-        "metrics": {"holdout": metrics.binary_holdout_metrics(y_holdout, holdout_proba)},
+        "metrics": {"holdout": fit_metrics.binary_holdout_metrics(y_holdout, holdout_proba)},
         "library_versions": artifacts.library_versions(),
         "training": {
             "data": data.describe_path(data_path),

@@ -1,4 +1,7 @@
-"""Quality metrics recorded in model.json: binary classifiers and regressions."""
+"""Quality metrics recorded in model.json: binary and multi-class classifiers, regressions."""
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -12,7 +15,7 @@ from sklearn.metrics import (
 )
 
 
-def binary_holdout_metrics(y_true, proba: np.ndarray, positive_class=1) -> dict:
+def binary_holdout_metrics(y_true: Any, proba: np.ndarray, positive_class: Any = 1) -> dict:
     """Return n, accuracy, ROC AUC, log loss and Brier score for positive-class probabilities."""
     y_positive = np.asarray(y_true) == positive_class
     proba = np.asarray(proba, dtype=np.float64)
@@ -25,7 +28,20 @@ def binary_holdout_metrics(y_true, proba: np.ndarray, positive_class=1) -> dict:
     }
 
 
-def regression_metrics(y_true, y_pred) -> dict:
+def multiclass_holdout_metrics(y_true: Any, proba: np.ndarray, classes: Sequence[Any]) -> dict:
+    """Return n, accuracy and log loss of class probabilities (one column per class, in
+    `classes` order, as predict_proba gives them)."""
+    labels = list(classes)
+    proba = np.asarray(proba, dtype=np.float64)
+    predicted = np.asarray(labels, dtype=object)[proba.argmax(axis=1)]
+    return {
+        "n": len(proba),
+        "accuracy": float(accuracy_score(np.asarray(y_true, dtype=object), predicted)),
+        "log_loss": float(log_loss(y_true, proba, labels=labels)),
+    }
+
+
+def regression_metrics(y_true: Any, y_pred: Any) -> dict:
     """Return n, MAE, RMSE and R² of predicted against true values.
 
     Plain floats (not numpy scalars) so that json.dumps writes them as it writes the rest.

@@ -1,12 +1,14 @@
 """The reference profile of training inputs that powers range warnings and drift."""
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 QUANTILES = [i / 10 for i in range(11)]
 
 
-def is_numeric(dtype) -> bool:
+def is_numeric(dtype: Any) -> bool:
     """Return True for int, float and bool dtypes, which are profiled by range and quantiles."""
     return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
 
