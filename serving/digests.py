@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from serving import folders
+
 logger = logging.getLogger(__name__)
 
 METADATA_MAP = "sha256"
@@ -159,22 +161,12 @@ def folder_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def _declared_version(folder: Path) -> str:
-    # The root folder's version is model.json's, as serving.runtime resolves it.
-    try:
-        metadata = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        metadata = {}
-    version = metadata.get("version") if isinstance(metadata, dict) else None
-    return str(version or "1")
-
-
 def manifest_for(root: Path, models_dir: Path, default_endpoint: str) -> dict[str, dict[str, str]]:
     """A MODEL_DIGESTS manifest of the folders as they are now: the root folder as the default
     endpoint, then every models/<endpoint>/<version>/. Review the folders before pinning them."""
-    entries = {manifest_key(default_endpoint, _declared_version(root)): folder_digests(root)}
-    if models_dir.is_dir():
-        for endpoint in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-            for version in sorted(p for p in endpoint.iterdir() if p.is_dir()):
-                entries[manifest_key(endpoint.name, version.name)] = folder_digests(version)
+    # The root folder's version is model.json's, as serving.runtime resolves it.
+    version = folders.root_version(folders.read_metadata(root))
+    entries = {manifest_key(default_endpoint, version): folder_digests(root)}
+    for endpoint, version, folder in folders.version_folders(models_dir):
+        entries[manifest_key(endpoint, version)] = folder_digests(folder)
     return entries

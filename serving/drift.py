@@ -14,7 +14,7 @@ shares are not renormalised after that. PSI < 0.1 is stable, 0.1 to 0.25 moderat
 
 Bins:
 - numeric features: bins (-inf, e1], (e1, e2], ..., (ek, +inf) with edges at the distinct
-  inner training deciles. Profiles written by training/profile.py carry these bins with the
+  inner training deciles. Profiles written by serving/profile.py carry these bins with the
   exact share of training values in each (`bins`). An older profile with only the 11
   `quantiles` gets shares estimated from them (each tenth of training goes to the bin holding
   its upper decile), which for a feature with few distinct values is rough: the answer flags
@@ -163,7 +163,7 @@ def numeric_edges(quantiles: Sequence[float]) -> tuple[list[float], list[float]]
 
 
 def _exact_bins(bins: Any) -> tuple[list[float], list[float]] | None:
-    """The profile's own bins (training/profile.py), when it has valid ones: exact training
+    """The profile's own bins (serving/profile.py), when it has valid ones: exact training
     shares, where shares from deciles are only estimates."""
     if not isinstance(bins, dict):
         return None

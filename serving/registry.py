@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving import folders
 from serving.config import Settings
 from serving.digests import DigestError, Manifest, manifest_key
 from serving.errors import Conflict, NotFound, detail
@@ -49,24 +50,15 @@ class Registry:
         A MODEL_DIGESTS manifest that cannot be read stops start-up whatever
         SKIP_BROKEN_MODELS says: it guards every folder, not one.
         """
-        registry = cls(settings.default_endpoint)
-        if settings.model_digests:
-            try:
-                registry.manifest = Manifest.read(settings.model_digests)
-            except DigestError as exc:
-                raise ModelLoadError(str(exc)) from exc
+        registry = cls._pinned_by(settings)
 
         def wanted(endpoint: str) -> bool:
             return endpoints is None or endpoint in endpoints
 
         if wanted(settings.default_endpoint):
             registry._load_one(settings, settings.root_model_dir, settings.default_endpoint, None)
-        if settings.models_dir.is_dir():
-            for endpoint_dir in sorted(
-                p for p in settings.models_dir.iterdir() if p.is_dir() and wanted(p.name)
-            ):
-                for version_dir in sorted(p for p in endpoint_dir.iterdir() if p.is_dir()):
-                    registry._load_one(settings, version_dir, endpoint_dir.name, version_dir.name)
+        for endpoint, version, folder in folders.version_folders(settings.models_dir, endpoints):
+            registry._load_one(settings, folder, endpoint, version)
         if registry.manifest is not None and endpoints is None:
             registry.manifest.warn_unused()
         return registry
@@ -92,17 +84,19 @@ class Registry:
             )
             return
         self.models.setdefault(endpoint, {})[model.version] = model
-        first = PRODUCTION if version is None else TESTING
-        self.declared[(endpoint, model.version)] = model.metadata.get("initial_status", first)
+        status = folders.first_status(model.metadata, root=version is None)
+        self.declared[(endpoint, model.version)] = status
 
     def _checked(
         self, settings: Settings, folder: Path, endpoint: str, version: str | None
     ) -> LoadedModel:
-        if not _NAME.match(endpoint):
+        """Load one folder with every check start-up makes (names, digests and the manifest,
+        files, the declared version, status and out_of_range)."""
+        if not valid_name(endpoint):
             raise ModelLoadError(
                 f"model folder {folder}: {endpoint!r} is not a valid endpoint name"
             )
-        if version is not None and not _NAME.match(version):
+        if version is not None and not valid_name(version):
             raise ModelLoadError(f"model folder {folder}: {version!r} is not a valid version name")
         model = LoadedModel.load(
             folder,
@@ -123,6 +117,25 @@ class Registry:
         if model.metadata.get("out_of_range", "warn") not in ("warn", "reject"):
             raise ModelLoadError(f"model folder {folder}: out_of_range must be 'warn' or 'reject'")
         return model
+
+    @classmethod
+    def check_folder(
+        cls, settings: Settings, folder: Path, endpoint: str, version: str | None
+    ) -> LoadedModel:
+        """Load one folder exactly as start-up would (MODEL_DIGESTS included, when set) and
+        return it; ModelLoadError with a sentence when start-up would refuse it."""
+        return cls._pinned_by(settings)._checked(settings, folder, endpoint, version)
+
+    @classmethod
+    def _pinned_by(cls, settings: Settings) -> Registry:
+        """An empty registry holding the operator's manifest, when MODEL_DIGESTS names one."""
+        registry = cls(settings.default_endpoint)
+        if settings.model_digests:
+            try:
+                registry.manifest = Manifest.read(settings.model_digests)
+            except DigestError as exc:
+                raise ModelLoadError(str(exc)) from exc
+        return registry
 
     def _pinned_outside(
         self, folder: Path, endpoint: str
@@ -217,6 +230,11 @@ class Registry:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.models.values())
+
+
+def valid_name(name: str) -> bool:
+    """Whether an endpoint or version name is one the registry serves."""
+    return bool(_NAME.match(name))
 
 
 def version_order(version: str) -> tuple[int, int | str]:
