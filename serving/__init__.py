@@ -15,10 +15,13 @@ from serving.errors import register_error_handlers
 from serving.experiments import Experiments
 from serving.http import register_blueprints
 from serving.lifecycle import Lifecycle
+from serving.packaging import package
 from serving.predictions import Writer
 from serving.registry import Registry
 from serving.scoring import Scorer
 from serving.shadows import Shadows
+
+__all__ = ["create_app", "load_models", "package"]
 
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:

@@ -10,18 +10,20 @@ import click
 from flask import Flask, current_app
 
 import serving
-from serving import database, digests, migrations
+from serving import database, digests, folders, migrations
 from serving.batch.command import score_command
 from serving.clients import keys_command
 from serving.errors import ServiceError
-from serving.lifecycle import STATUSES
-from serving.runtime import ModelLoadError
+from serving.lifecycle import STATUSES, Lifecycle
+from serving.model_commands import models_group
+from serving.registry import version_order
 
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(score_command)
     app.cli.add_command(keys_command)
+    app.cli.add_command(models_group)
 
     @app.cli.command("migrate")
     def migrate_command() -> None:
@@ -67,21 +69,45 @@ def init_app(app: Flask) -> None:
     def set_status_command(
         endpoint: str, version: str, status: str, by: str, reason: str | None
     ) -> None:
-        """Move a model version to testing, staging, production or archived."""
+        """Move a model version to testing, staging, production or archived.
+
+        Loads no model: the endpoint and version are checked against the folder names and
+        model.json files on disk, so a folder whose pipeline cannot be loaded can still be
+        archived or demoted, and the command costs no model loading."""
+        settings = current_app.config["SETTINGS"]
         try:
-            # This endpoint's versions only: they are registered with their declared status
-            # if the service never started on this database.
-            serving.load_models(current_app, [endpoint])
-            changes = current_app.extensions["lifecycle"].change(
-                endpoint, version, status, by, reason
+            declared = folders.declared_statuses(
+                settings.root_model_dir, settings.models_dir, settings.default_endpoint
             )
+            _check_on_disk(declared, endpoint, version)
+            if settings.migrate_on_start:
+                migrations.migrate()
+            # The app's own, when it has loaded: its cached statuses must see this change.
+            lifecycle = current_app.extensions.get("lifecycle") or Lifecycle(
+                settings.status_refresh_seconds
+            )
+            if settings.migrate_on_start:
+                # As start-up would: versions the database has never seen get their declared
+                # first status before one of them changes.
+                lifecycle.seed((e, v, s) for (e, v), s in declared.items() if e == endpoint)
+            changes = lifecycle.change(endpoint, version, status, by, reason)
         except ServiceError as exc:
             raise click.ClickException(exc.message) from exc
-        except ModelLoadError as exc:
-            raise click.ClickException(str(exc)) from exc
         finally:
             database.close_all()
         if not changes:
             click.echo(f"{endpoint} version {version} is already {status}")
         for change in changes:
             click.echo(f"{endpoint} version {change.version}: {change.previous} -> {change.status}")
+
+
+def _check_on_disk(declared: dict[tuple[str, str], str], endpoint: str, version: str) -> None:
+    """Refuse an endpoint or version no model folder holds, naming the ones that exist."""
+    versions = sorted((v for e, v in declared if e == endpoint), key=version_order)
+    if not versions:
+        known = sorted({e for e, _ in declared})
+        raise click.ClickException(f"There is no endpoint named {endpoint!r}; known: {known}")
+    if version not in versions:
+        raise click.ClickException(
+            f"Endpoint {endpoint!r} has no version {version!r}; known: {versions}"
+        )
