@@ -1,4 +1,4 @@
-"""Run train.ipynb and deserialize.ipynb headless, the way a reader would, in a fresh folder."""
+"""Run the notebooks headless, the way a reader would, in a fresh folder."""
 
 import json
 import os
@@ -17,12 +17,13 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
+from tests.conftest import make_app
 from tests.environment import clean_environ
 from tests.samples import PASSENGER, RETRAIN_TOLERANCE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = ["pipeline.pickle", "dtypes.pickle", "columns.json", "model.json"]
-NOTEBOOKS = ["train.ipynb", "deserialize.ipynb"]
+NOTEBOOKS = ["train.ipynb", "deserialize.ipynb", "bring_your_own_model.ipynb"]
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +103,22 @@ def test_deserialize_notebook_predicts_with_the_committed_model(tmp_path):
     observation = {**PASSENGER, "Age": np.nan, "Cabin": np.nan}
     row = pd.DataFrame([observation], columns=list(dtypes.index)).astype(dtypes)
     assert printed.group(1) == f"{survival_proba(REPO_ROOT, row)[0]:.4f}"
+
+
+def test_bring_your_own_model_notebook_packages_a_folder_the_service_serves(database_url, tmp_path):
+    # The reader runs it from the repository root: data/ beside it, models/ written there.
+    (tmp_path / "data").symlink_to(REPO_ROOT / "data")
+    notebook = run_notebook("bring_your_own_model.ipynb", tmp_path)
+    folder = tmp_path / "models" / "adult" / "1"
+    assert "wrote models/adult/1" in stream_text(notebook)
+    model = json.loads((folder / "model.json").read_text())
+    assert f"accuracy: {model['metrics']['holdout']['accuracy']:.4f}" in stream_text(notebook)
+    client = make_app(database_url, tmp_path / "models").test_client()
+    observation = pd.read_csv(REPO_ROOT / "data" / "adult_test.csv", nrows=1)
+    row = json.loads(observation.drop(columns=["income"]).to_json(orient="records"))[0]
+    answer = client.post(
+        "/api/v1/adult/predict", data=json.dumps({"id": 1, "observation": {**row, "age": 250}})
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["model_version"] == "1"
+    assert any("age" in str(w) for w in answer.get_json()["warnings"])
