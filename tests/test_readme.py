@@ -12,6 +12,7 @@ what the block printed.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,9 +69,11 @@ def fresh_clone(tmp_path: Path) -> Path:
     work = tmp_path / "clone"
     work.mkdir()
     for entry in REPO_ROOT.iterdir():
-        if entry.name in {".git", ".venv"} or entry.name.startswith("predictions.db"):
+        if entry.name in {".git", ".venv", "models"} or entry.name.startswith("predictions.db"):
             continue
         (work / entry.name).symlink_to(entry)
+    # A copy, not a link: `flask models add` writes new version folders into it.
+    shutil.copytree(REPO_ROOT / "models", work / "models")
     (work / ".venv").symlink_to(Path(sys.prefix))
     return work
 
@@ -93,6 +96,9 @@ def test_every_shell_block_runs_as_written(database_url: str, tmp_path: Path):
         port = address.rsplit(":", 1)[1]
         # As in the shell where `make run` serves: its DATABASE_URL and PORT.
         shell_env = {**clean_environ(), **env, "DATABASE_URL": database_url, "PORT": port}
+        # The service finds models/ beside its own code, which here is the repository's:
+        # the clone's commands are pointed at the clone's copy.
+        shell_env["MODELS_DIR"] = str(work / "models")
         for block in shell_blocks(README.read_text()):
             if block.skipped:
                 continue
