@@ -4,7 +4,7 @@
 .DEFAULT_GOAL := help
 BIN := .venv/bin
 
-.PHONY: help run serve test test-fast lint migrate bench container-check clean
+.PHONY: help run serve test test-fast coverage lint migrate bench container-check clean
 
 help:  ## list the targets
 	@echo "make TARGET, where TARGET is one of:"
@@ -25,7 +25,13 @@ test:  ## the whole suite on SQLite, then on PostgreSQL (ARGS="-k contract -x" f
 
 test-fast:  ## the suite without e2e, browser and multi-process tests, on SQLite (under 2 minutes)
 	@scripts/venv dev
-	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -m "not e2e and not slow" $(ARGS)
+	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n auto --dist loadfile -m "not e2e and not slow" $(ARGS)
+
+coverage:  ## line coverage of serving, training and custom_transformers per file, SQLite pass, in-process
+	@scripts/venv dev
+	env -u TEST_DATABASE_URL $(BIN)/python -m coverage run --data-file=.coverage \
+	  --source=serving,training,custom_transformers -m pytest -n 0 -q $(ARGS)
+	$(BIN)/python -m coverage report --data-file=.coverage
 
 lint:  ## ruff, ruff format, mypy and hadolint
 	@scripts/venv dev
@@ -46,4 +52,4 @@ container-check:  ## build the image and run it for real (root; podman, buildah;
 	scripts/container-check
 
 clean:  ## remove .venv, caches and the default SQLite database
-	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache predictions.db*
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache .coverage predictions.db*

@@ -138,6 +138,20 @@ def pytest_collection_modifyitems(config, items) -> None:
         fixtures = getattr(item, "fixturenames", ())
         if "database_url" in fixtures or item.get_closest_marker("postgres_only"):
             item.add_marker(pytest.mark.database)
+    # Long files first: scripts/run-tests spreads files over parallel workers in this order,
+    # and a minute-long file handed out last would run alone at the end while the others idle.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def cost(item: pytest.Item) -> int:
+        if item.path.name in LONGEST_FILES:
+            return 0
+        return 1 if item.path in slow_files else 2
+
+    items.sort(key=cost)
+
+
+# The files that take a minute or more each (README blocks, schemathesis's thousands of cases).
+LONGEST_FILES = ("test_readme.py", "test_schemathesis.py")
 
 
 def reset_postgres(url: str) -> None:
