@@ -26,7 +26,7 @@ from tests.conftest import REPO_ROOT, make_app
 
 TOKEN = "retrain-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-ROWS = pd.read_csv(REPO_ROOT / "data" / "adult_test.csv", nrows=3000)
+ROWS = pd.read_csv(REPO_ROOT / "data" / "adult_test.csv", nrows=2000)
 FLIP = {"<=50K": ">50K", ">50K": "<=50K"}
 
 pytestmark = pytest.mark.slow
@@ -85,9 +85,9 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
 ):
     app = _app(database_url, models_dir)
     client = app.test_client()
-    send(client, 0, 1500)
+    send(client, 0, 1000)
 
-    done = retrain(app, "--min-labelled", "1000")
+    done = retrain(app, "--min-labelled", "800")
     assert done.exit_code == 0, done.output
     assert "Registered income version 2 (testing), retrained from version 1" in done.output
     assert "candidate better" in done.output
@@ -96,18 +96,18 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     lineage = model_json(models_dir, "2")["lineage"]
     assert lineage["parent_version"] == "1"
     # The newest 20% held out, never fitted on.
-    assert lineage["logged_rows"]["fit"]["rows"] == 1200
-    assert lineage["logged_rows"]["holdout"]["rows"] == 300
+    assert lineage["logged_rows"]["fit"]["rows"] == 800
+    assert lineage["logged_rows"]["holdout"]["rows"] == 200
     assert lineage["logged_rows"]["fit"]["last"] <= lineage["logged_rows"]["holdout"]["first"]
     assert lineage["training_data"] == {"used": False, "reason": "not asked for"}
     gate = lineage["gate"]
     assert gate["passed"] and gate["verdict"] == "candidate better"
     assert gate["test"] == "McNemar's exact test" and gate["p_value"] < 0.05
-    assert gate["holdout_rows"] == 300
+    assert gate["holdout_rows"] == 200
     assert gate["candidate"]["accuracy"] > gate["production"]["accuracy"]
     assert gate["candidate"]["log_loss"] < gate["production"]["log_loss"]
     # The gate's figures are the held-out rows' own: production's accuracy, recomputed here.
-    held = ROWS.iloc[1200:1500]
+    held = ROWS.iloc[800:1000]
     production = app.extensions["registry"].find("income", "1")
     said = production.pipeline.predict(held.drop(columns=["income"]))
     assert gate["production"]["accuracy"] == pytest.approx(
@@ -117,12 +117,12 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     history = client.get("/api/v1/income/history").get_json()["history"]
     [entry] = [h for h in history if h["version"] == "2"]
     assert (entry["to"], entry["by"]) == ("testing", "retrain")
-    assert "retrained from version 1 on 1200 logged rows" in entry["reason"]
+    assert "retrained from version 1 on 800 logged rows" in entry["reason"]
     assert "gate: candidate better" in entry["reason"]
     assert [(s.version, s.enabled) for s in ShadowVersion.select()] == [("2", True)]
 
     # The same window again: nothing new, and it says so.
-    again = retrain(app, "--min-labelled", "1000")
+    again = retrain(app, "--min-labelled", "800")
     assert again.exit_code == 0, again.output
     assert "Nothing new to register: income version 2 was retrained from these same" in (
         again.output
@@ -133,9 +133,16 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     # A restarted server loads the new folder; more traffic, and the shadow is judged.
     app = _app(database_url, models_dir)
     client = app.test_client()
-    send(client, 1500, 600)
+    send(client, 1000, 400)
+    # The dashboard shows where version 2 came from and its gate.
+    page = client.get("/dashboard/income").get_data(as_text=True)
+    assert 'id="lineage"' in page
+    assert 'data-version="2" data-parent="1" data-verdict="candidate better"' in page
+    accuracy = gate["candidate"]["accuracy"]
+    assert f'data-side="candidate" data-metric="accuracy" data-value="{accuracy!r}"' in page
+
     shadow = client.get("/api/v1/income/shadows/2").get_json()
-    assert shadow["labelled"] == 600
+    assert shadow["labelled"] == 400
     assert shadow["verdict"]["result"] == "shadow better"
 
     # Then an A/B test, stopped on its verdict: the candidate is promoted.
@@ -146,13 +153,15 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     )
     assert started.status_code == 201, started.get_data(as_text=True)
     test_id = started.get_json()["id"]
-    send(client, 2100, 800)
+    send(client, 1400, 600)
     stopped = client.post(f"/api/v1/income/ab-tests/{test_id}/stop", headers=ADMIN)
     assert stopped.status_code == 200, stopped.get_data(as_text=True)
     summary = stopped.get_json()
     assert summary["verdict"]["result"] == "B better"
     assert summary["promoted"] and summary["winner"] == "2"
-    statuses = {v["version"]: v["status"] for v in client.get("/api/v1/income").get_json()["versions"]}
+    statuses = {
+        v["version"]: v["status"] for v in client.get("/api/v1/income").get_json()["versions"]
+    }
     assert statuses == {"1": "testing", "2": "production"}
     close_all()
 
@@ -170,7 +179,9 @@ def test_too_little_labelled_data_registers_nothing_and_says_how_much(
             [
                 {"id": f"unlabelled-{n}", "observation": o}
                 for n, o in enumerate(
-                    json.loads(ROWS.iloc[200:230].drop(columns=["income"]).to_json(orient="records"))
+                    json.loads(
+                        ROWS.iloc[200:230].drop(columns=["income"]).to_json(orient="records")
+                    )
                 )
             ]
         ),
@@ -204,10 +215,10 @@ def test_a_worse_candidate_is_refused_by_the_gate(database_url: str, tmp_path: P
     client = app.test_client()
     rng = np.random.default_rng(7)
     # The older rows' truths are noise; the newest 300, held out, are the real incomes.
-    send(client, 0, 1000, lambda f: list(rng.choice(["<=50K", ">50K"], size=len(f))))
-    send(client, 1000, 300, lambda f: list(f["income"]))
+    send(client, 0, 600, lambda f: list(rng.choice(["<=50K", ">50K"], size=len(f))))
+    send(client, 600, 200, lambda f: list(f["income"]))
 
-    done = retrain(app, "--holdout-rows", "300", "--include-training-data")
+    done = retrain(app, "--holdout-rows", "200", "--include-training-data")
     assert done.exit_code == 1, done.output
     assert "training data skipped: the training data data/adult.csv has sha256" in done.output
     assert "Nothing registered: the candidate retrained from version 1 is candidate worse" in (
@@ -215,7 +226,7 @@ def test_a_worse_candidate_is_refused_by_the_gate(database_url: str, tmp_path: P
     )
 
     answer = client.post(
-        "/api/v1/income/retrain", headers=ADMIN, data=json.dumps({"holdout_rows": 300})
+        "/api/v1/income/retrain", headers=ADMIN, data=json.dumps({"holdout_rows": 200})
     )
     assert answer.status_code == 409, answer.get_data(as_text=True)
     body = answer.get_json()

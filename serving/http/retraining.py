@@ -75,7 +75,9 @@ def _gate_details(gate: dict[str, Any]) -> list[dict[str, str]]:
     found = [detail("gate", f"{gate['verdict']} ({gate['test']}, p = {p:.3g})")]
     for name, value in gate["candidate"].items():
         theirs = gate["production"].get(name)
-        found.append(detail(f"gate.{name}", f"candidate {_cell(value)}, production {_cell(theirs)}"))
+        found.append(
+            detail(f"gate.{name}", f"candidate {_cell(value)}, production {_cell(theirs)}")
+        )
     return found
 
 

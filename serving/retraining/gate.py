@@ -119,9 +119,7 @@ def _class_metrics(
     present = len(set(truth.tolist())) > 1
     if production.positive_class is not None:
         positive = production.classes.index(production.positive_class)
-        auc = (
-            float(skm.roc_auc_score(truth == positive, proba[:, positive])) if present else None
-        )
+        auc = float(skm.roc_auc_score(truth == positive, proba[:, positive])) if present else None
     else:
         auc = (
             float(skm.roc_auc_score(truth, proba, multi_class="ovr", labels=labels))

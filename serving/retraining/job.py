@@ -268,9 +268,7 @@ def retrain(context: Context, endpoint: str, options: Options) -> Outcome:
         version = next_version(endpoint_dir, endpoint, list(context.registry.endpoint(endpoint)))
         folder = endpoint_dir / version
         write_candidate(folder, candidate, X_fit, _metadata(parent, version, verdict, lineage))
-        model = LoadedModel.load(
-            folder, endpoint, version, compile=context.settings.compile_models
-        )
+        model = LoadedModel.load(folder, endpoint, version, compile=context.settings.compile_models)
         _serve_here(context.registry, model)
         reason = _history_reason(parent, found, cut, training, verdict, inputs)
         _record_candidate(endpoint, version, options.by, reason)
@@ -445,9 +443,15 @@ def _history_reason(
     joined = f" and {len(training.y)} rows of its training data" if training.X is not None else ""
     return (
         f"retrained from version {parent.version} on {fit['rows']} logged rows "
-        f"({fit['first']} to {fit['last']}){joined}; gate: {verdict.summary()}; "
+        f"({_second(fit['first'])} to {_second(fit['last'])} UTC){joined}; "
+        f"gate: {verdict.summary()}; "
         f"inputs sha256 {inputs[:12]}"
     )
+
+
+def _second(moment: str | None) -> str:
+    """An ISO time from lineage, to the second, as people read it."""
+    return (moment or "?")[:19].replace("T", " ")
 
 
 def _serve_here(registry: Registry, model: LoadedModel) -> None:

@@ -10,7 +10,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -83,7 +83,11 @@ def labelled_rows(
         query = query.where(Prediction.created_at >= since)
     if until is not None:
         query = query.where(Prediction.created_at < until)
-    rows = query.order_by(Prediction.created_at, Prediction.id).tuples()
+    # peewee-stubs type .tuples() as model rows.
+    rows = cast(
+        "list[tuple[int, str, str, str, Any]]",
+        list(query.order_by(Prediction.created_at, Prediction.id).tuples()),
+    )
     return [LabelledRow(i, o, obs, truth, _instant(at)) for i, o, obs, truth, at in rows]
 
 
