@@ -68,9 +68,15 @@ def fresh_clone(tmp_path: Path) -> Path:
     work = tmp_path / "clone"
     work.mkdir()
     for entry in REPO_ROOT.iterdir():
-        if entry.name in {".git", ".venv"} or entry.name.startswith("predictions.db"):
+        if entry.name in {".git", ".venv", "models"} or entry.name.startswith("predictions.db"):
             continue
         (work / entry.name).symlink_to(entry)
+    # Folders of their own down to each endpoint, so that a version the README's commands
+    # write (`flask retrain`) lands here; the bundled versions are linked.
+    for endpoint in (p for p in (REPO_ROOT / "models").iterdir() if p.is_dir()):
+        (work / "models" / endpoint.name).mkdir(parents=True)
+        for version in (p for p in endpoint.iterdir() if p.is_dir()):
+            (work / "models" / endpoint.name / version.name).symlink_to(version)
     (work / ".venv").symlink_to(Path(sys.prefix))
     return work
 
@@ -87,7 +93,13 @@ def test_the_readme_names_every_shell_block_it_skips_with_a_reason():
 
 def test_every_shell_block_runs_as_written(database_url: str, tmp_path: Path):
     work = fresh_clone(tmp_path)
-    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "STATUS_REFRESH_SECONDS": "0.2"}
+    # The server and the commands read the clone's models folder: the service's default is
+    # the package's own folder, which a command must never write into.
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "STATUS_REFRESH_SECONDS": "0.2",
+        "MODELS_DIR": str(work / "models"),
+    }
     with gunicorn(database_url, tmp_path, workers=2, env=env) as server:
         address = server.url.removeprefix("http://")
         port = address.rsplit(":", 1)[1]
