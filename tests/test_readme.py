@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.environment import clean_environ
-from tests.live import REPO_ROOT, gunicorn
+from tests.live import REPO_ROOT, gunicorn, linked_models
 
 pytestmark = pytest.mark.e2e
 
@@ -71,12 +71,8 @@ def fresh_clone(tmp_path: Path) -> Path:
         if entry.name in {".git", ".venv", "models"} or entry.name.startswith("predictions.db"):
             continue
         (work / entry.name).symlink_to(entry)
-    # Folders of their own down to each endpoint, so that a version the README's commands
-    # write (`flask retrain`) lands here; the bundled versions are linked.
-    for endpoint in (p for p in (REPO_ROOT / "models").iterdir() if p.is_dir()):
-        (work / "models" / endpoint.name).mkdir(parents=True)
-        for version in (p for p in endpoint.iterdir() if p.is_dir()):
-            (work / "models" / endpoint.name / version.name).symlink_to(version)
+    # A version the README's commands write (`flask retrain`) lands in the clone.
+    linked_models(work / "models")
     (work / ".venv").symlink_to(Path(sys.prefix))
     return work
 
