@@ -192,6 +192,13 @@ def test_too_little_labelled_data_registers_nothing_and_says_how_much(
     assert done.exit_code == 1
     assert sentence in done.output
 
+    # A window before any traffic holds nothing.
+    early = retrain(app, "--until", "2000-01-01T00:00:00Z")
+    assert early.exit_code == 1
+    assert "Found 0 labelled rows of 'income' in [the start, 2000-01-01T00:00:00Z)" in (
+        early.output
+    )
+
     answer = client.post("/api/v1/income/retrain", headers=ADMIN, data="{}")
     assert answer.status_code == 422
     assert sentence in answer.get_json()["error"]
@@ -283,3 +290,28 @@ def test_the_route_registers_and_starts_an_ab_test_and_refuses_bad_options(
     assert again.status_code == 200
     assert (again.get_json()["outcome"], again.get_json()["version"]) == ("already registered", "2")
     close_all()
+
+
+def test_a_regression_candidate_is_gated_on_absolute_errors(tmp_path: Path):
+    """No database: the gate alone, on a regression whose candidate learnt from noise."""
+    from sklearn.base import clone
+
+    from serving.retraining import gate
+    from serving.runtime import LoadedModel
+    from tests.conftest import _tiny_frame, fit_tiny_regression
+
+    production = LoadedModel.load(fit_tiny_regression(tmp_path / "line"), "line", compile=False)
+    frame = _tiny_frame(400)
+    truth = list(3 * frame["x"] + frame["k"])
+    noise = np.random.default_rng(5).permutation(truth)
+    worse = clone(production.pipeline).fit(frame.iloc[:300], noise[:300])
+    verdict = gate.judge(production, worse, frame.iloc[300:], truth[300:])
+    assert verdict.test == "paired t-test on absolute error"
+    assert (verdict.verdict, verdict.passed) == ("candidate worse", False)
+    assert verdict.candidate["mae"] > verdict.production["mae"]
+    errors = np.abs(production.pipeline.predict(frame.iloc[300:]) - np.array(truth[300:]))
+    assert verdict.production["mae"] == pytest.approx(float(errors.mean()), abs=1e-12)
+
+    same = clone(production.pipeline).fit(frame.iloc[:300], truth[:300])
+    verdict = gate.judge(production, same, frame.iloc[300:], truth[300:])
+    assert verdict.passed and verdict.verdict != "candidate worse"

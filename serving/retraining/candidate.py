@@ -13,7 +13,7 @@ import fcntl
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +29,43 @@ LOCK_FILE = ".retrain.lock"
 
 
 def write_candidate(
-    folder: Path, pipeline: Any, X_fit: pd.DataFrame, metadata: dict[str, Any]
-) -> dict[str, Any]:
-    """Write a fitted candidate as a complete version folder at `folder` and return the
-    model.json written (with the profile of `X_fit` and every file's sha256 pinned).
+    pipeline: Any,
+    X_fit: pd.DataFrame,
+    y_fit: Sequence[Any],
+    X_holdout: pd.DataFrame,
+    y_holdout: Sequence[Any],
+    *,
+    endpoint: str,
+    version: str,
+    models_dir: Path,
+    metadata: dict[str, Any],
+) -> Path:
+    """Write a fitted candidate as the complete version folder
+    `models_dir/<endpoint>/<version>/` and return its path. model.json is `metadata` (the
+    job's: lineage, gate, the parent's serving keys) plus the profile of `X_fit` and every
+    file's sha256 pin.
 
-    The folder appears whole or not at all: it is written in a dot folder directly under the
-    models folder (read as an endpoint with no version folders, so it loads nothing) and
+    The arguments mirror `serving.packaging.package(pipeline, X_train, y_train, X_holdout,
+    y_holdout, *, endpoint, version, models_dir, ...)`, which is meant to replace this body;
+    the labels and the holdout are for it (the gate has measured the holdout already, and
+    today's writer needs neither).
+
+    The folder appears whole or not at all: it is written in a dot folder directly under
+    `models_dir` (read as an endpoint with no version folders, so it loads nothing) and
     renamed into place.
     """
-    folder = Path(folder)
-    models_dir = folder.parent.parent
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".retrain-{folder.parent.name}-{folder.name}-", dir=models_dir)
-    )
+    del y_fit, X_holdout, y_holdout  # for package(); see above
+    folder = Path(models_dir) / endpoint / version
+    staging = Path(tempfile.mkdtemp(prefix=f".retrain-{endpoint}-{version}-", dir=Path(models_dir)))
     try:
-        written = artifacts.write_model(
+        artifacts.write_model(
             staging, pipeline, X_fit, {**metadata, "profile": profile.profile_frame(X_fit)}
         )
         staging.rename(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return dict(written)
+    return folder
 
 
 @contextlib.contextmanager

@@ -266,8 +266,17 @@ def retrain(context: Context, endpoint: str, options: Options) -> Outcome:
                 lineage,
             )
         version = next_version(endpoint_dir, endpoint, list(context.registry.endpoint(endpoint)))
-        folder = endpoint_dir / version
-        write_candidate(folder, candidate, X_fit, _metadata(parent, version, verdict, lineage))
+        folder = write_candidate(
+            candidate,
+            X_fit,
+            y_fit,
+            X_held,
+            found.truths[cut:],
+            endpoint=endpoint,
+            version=version,
+            models_dir=context.settings.models_dir,
+            metadata=_metadata(parent, version, verdict, lineage),
+        )
         model = LoadedModel.load(folder, endpoint, version, compile=context.settings.compile_models)
         _serve_here(context.registry, model)
         reason = _history_reason(parent, found, cut, training, verdict, inputs)
