@@ -57,6 +57,23 @@ class PackagingError(ValueError):
     which and why."""
 
 
+# model.json keys `extra` may not set: how the version is served and checked.
+RESERVED_KEYS = (
+    "endpoint",
+    "version",
+    "initial_status",
+    "task",
+    "class_labels",
+    "positive_class",
+    "out_of_range",
+    "profile",
+    "library_versions",
+    "sha256",
+    "pipeline_sha256",
+    "skops_trusted",
+)
+
+
 def package(
     pipeline: Any,
     X_train: pd.DataFrame,
@@ -75,6 +92,7 @@ def package(
     target: str | None = None,
     training_data: str | Path | None = None,
     holdout_data: str | Path | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete, checked model folder models_dir/<endpoint>/<version>/ and return it.
 
@@ -94,6 +112,9 @@ def package(
     out_of_range: "warn" (default) or "reject" inputs outside the training profile.
     target, description, training_data, holdout_data: recorded in model.json (the data's file
         name and sha256 when it is a file).
+    extra: more model.json keys (a retrained version's lineage, say), written over the ones
+        computed here, except those the service serves by (RESERVED_KEYS: pass them as
+        arguments), which are refused.
 
     Raises PackagingError, naming the problem, before anything is written when the pipeline
     is not fitted or cannot predict on a sample of X_train, the columns disagree, or the
@@ -107,6 +128,12 @@ def package(
         raise PackagingError(
             f"endpoint {endpoint!r} is not a valid name: letters, digits, '_', '.' and '-', "
             "starting with a letter or digit"
+        )
+    reserved = sorted(set(extra or {}) & set(RESERVED_KEYS))
+    if reserved:
+        raise PackagingError(
+            f"extra cannot set {reserved}: they are computed from the pipeline and the frame, "
+            "or are arguments of package()"
         )
     columns = _checked_frame("X_train", X_train)
     _check_fitted(pipeline, columns)
@@ -147,6 +174,7 @@ def package(
         "library_versions": artifacts.library_versions(format),
         "training": _provenance(pipeline, X_train, X_holdout, training_data, holdout_data),
         "profile": profile.profile_frame(X_train),
+        **(extra or {}),
     }
     return _write(pipeline, X_train, metadata, format, final, sample, expected)
 

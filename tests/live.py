@@ -28,6 +28,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def linked_models(folder: Path) -> Path:
+    """A models folder of its own at `folder`: a real folder per endpoint, each bundled
+    version linked to the repository's. A server or command pointed at it (MODELS_DIR) reads
+    the bundled models and writes any new version (`flask retrain`, the retrain route) here,
+    never into the repository."""
+    for endpoint in (p for p in (REPO_ROOT / "models").iterdir() if p.is_dir()):
+        (folder / endpoint.name).mkdir(parents=True)
+        for version in (p for p in endpoint.iterdir() if p.is_dir()):
+            (folder / endpoint.name / version.name).symlink_to(version)
+    return folder
+
+
 @dataclass
 class Server:
     url: str

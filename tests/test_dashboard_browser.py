@@ -461,3 +461,69 @@ def test_docs_screenshot(seeded: Seeded, page):
     if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+@pytest.fixture
+def retrained(browser, tmp_path: Path) -> Iterator[str]:
+    """gunicorn on an income endpoint whose version 2 `flask retrain` made from logged,
+    labelled traffic (true incomes flipped below age 30, so the refit wins its gate), as a
+    restarted server serves it. Seeded in-process before the server starts."""
+    from serving.database import close_all
+    from tests.conftest import make_app
+
+    if using_postgres():
+        database_url = postgres_url()
+        reset_postgres(database_url)
+    else:
+        database_url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    models = tmp_path / "models"
+    (models / "income").mkdir(parents=True)
+    (models / "income" / "1").symlink_to(REPO_ROOT / "models" / "income" / "1")
+    app = make_app(database_url, models)
+    client = app.test_client()
+    adult = pd.read_csv(REPO_ROOT / "data" / "adult_test.csv").iloc[: ADULT_ROWS + 200]
+    ids = [f"adult-{n}" for n in range(len(adult))]
+    rows = _records(adult.drop(columns=["income"]))
+    answer = client.post(
+        "/api/v1/income/predict/batch",
+        data=json.dumps([{"id": i, "observation": o} for i, o in zip(ids, rows, strict=True)]),
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    flip = {"<=50K": ">50K", ">50K": "<=50K"}
+    for i, age, income in zip(ids, adult["age"], adult["income"], strict=True):
+        truth = flip[income] if age < 30 else income
+        client.post("/api/v1/income/update", data=json.dumps({"id": i, "true_class": truth}))
+    done = app.test_cli_runner().invoke(
+        args=["retrain", "income", "--min-labelled", "300", "--then", "none"]
+    )
+    assert done.exit_code == 0, done.output
+    close_all()
+    env = {"DASHBOARD_TOKEN": DASHBOARD_TOKEN, "MODELS_DIR": str(models)}
+    with gunicorn(database_url, tmp_path, workers=1, env=env) as server:
+        yield server.url
+
+
+def test_a_retrained_versions_lineage_and_gate_are_on_its_page(retrained: str, page):
+    _open(page, f"{retrained}/dashboard/income?token={DASHBOARD_TOKEN}")
+    _clean(page)
+    response = requests.get(f"{retrained}/api/v1/income/key/lineage?version=2", timeout=30)
+    lineage = response.json()["value"]
+    gate = lineage["gate"]
+    block = page.locator('#lineage article.lineage[data-version="2"]')
+    assert block.get_attribute("data-parent") == "1"
+    assert block.get_attribute("data-verdict") == gate["verdict"] == "candidate better"
+    assert block.locator(".verdict").inner_text() == "candidate better"
+    fit_rows = block.locator(".fit-rows").get_attribute("data-value")
+    assert int(fit_rows) == lineage["logged_rows"]["fit"]["rows"]
+    assert int(block.locator(".holdout-rows").get_attribute("data-value")) == gate["holdout_rows"]
+    for metric in ("accuracy", "roc_auc", "log_loss"):
+        for side in ("candidate", "production"):
+            cell = block.locator(f'td[data-side="{side}"][data-metric="{metric}"]')
+            assert float(cell.get_attribute("data-value")) == pytest.approx(
+                gate[side][metric], rel=1e-12
+            )
+            assert cell.inner_text() == f"{gate[side][metric]:.3f}"
+    assert block.locator(".p-value").inner_text() == f"{gate['p_value']:.3g}"
+    # Version 1, not retrained, has no block.
+    assert page.locator('#lineage article.lineage[data-version="1"]').count() == 0
+    _shoot(page, "dashboard-lineage.png")

@@ -240,6 +240,7 @@ ADMIN_OPERATIONS = {
     ("post", "/api/v1/{endpoint}/ab-tests/{test_id}/stop"),
     ("put", "/api/v1/{endpoint}/shadows/{version}"),
     ("delete", "/api/v1/{endpoint}/shadows/{version}"),
+    ("post", "/api/v1/{endpoint}/retrain"),
 }
 
 

@@ -12,7 +12,6 @@ what the block printed.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.environment import clean_environ
-from tests.live import REPO_ROOT, gunicorn
+from tests.live import REPO_ROOT, gunicorn, linked_models
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +71,8 @@ def fresh_clone(tmp_path: Path) -> Path:
         if entry.name in {".git", ".venv", "models"} or entry.name.startswith("predictions.db"):
             continue
         (work / entry.name).symlink_to(entry)
-    # A copy, not a link: `flask models add` writes new version folders into it.
-    shutil.copytree(REPO_ROOT / "models", work / "models")
+    # A version the README's commands write (`flask retrain`) lands in the clone.
+    linked_models(work / "models")
     (work / ".venv").symlink_to(Path(sys.prefix))
     return work
 
@@ -90,15 +89,18 @@ def test_the_readme_names_every_shell_block_it_skips_with_a_reason():
 
 def test_every_shell_block_runs_as_written(database_url: str, tmp_path: Path):
     work = fresh_clone(tmp_path)
-    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "STATUS_REFRESH_SECONDS": "0.2"}
+    # The server and the commands read the clone's models folder: the service's default is
+    # the package's own folder, which a command must never write into.
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "STATUS_REFRESH_SECONDS": "0.2",
+        "MODELS_DIR": str(work / "models"),
+    }
     with gunicorn(database_url, tmp_path, workers=2, env=env) as server:
         address = server.url.removeprefix("http://")
         port = address.rsplit(":", 1)[1]
         # As in the shell where `make run` serves: its DATABASE_URL and PORT.
         shell_env = {**clean_environ(), **env, "DATABASE_URL": database_url, "PORT": port}
-        # The service finds models/ beside its own code, which here is the repository's:
-        # the clone's commands are pointed at the clone's copy.
-        shell_env["MODELS_DIR"] = str(work / "models")
         for block in shell_blocks(README.read_text()):
             if block.skipped:
                 continue

@@ -115,6 +115,7 @@ def endpoint_page(
             "task": m.task,
             "fast_path": bool(m.fast_path.get("enabled")),
             "training_metrics": _training_metrics(m),
+            "lineage": lineage_summary(m),
             "quality": measured.get(m.version),
             "traffic": seen.series(endpoint, m.version),
         }
@@ -125,6 +126,7 @@ def endpoint_page(
         "endpoint": endpoint,
         "default": endpoint == registry.default_endpoint,
         "versions": versions,
+        "retrained": [v for v in versions if v["lineage"] is not None],
         "traffic": seen,
         "traffic_series": [(v["version"], v["traffic"]) for v in versions],
         "metric_columns": [
@@ -178,3 +180,33 @@ def _training_metrics(model: LoadedModel) -> list[tuple[str, list[tuple[str, flo
             if numbers:
                 groups.append((str(group), numbers))
     return groups
+
+
+def lineage_summary(model: LoadedModel) -> dict[str, Any] | None:
+    """What a retrained version's model.json says of where it came from and its gate, or None
+    for a version `flask retrain` did not make (or whose lineage is not in that shape)."""
+    lineage = model.metadata.get("lineage")
+    if not isinstance(lineage, dict):
+        return None
+    rows, gate = lineage.get("logged_rows"), lineage.get("gate")
+    if not isinstance(rows, dict) or not isinstance(gate, dict):
+        return None
+    fit, held = rows.get("fit") or {}, rows.get("holdout") or {}
+    training = lineage.get("training_data") or {}
+    mine, theirs = gate.get("candidate") or {}, gate.get("production") or {}
+    return {
+        "parent": lineage.get("parent_version"),
+        "fit": fit,
+        "holdout": held,
+        "training": training if training.get("used") else None,
+        "training_skipped": None if training.get("used") else training.get("reason"),
+        "inputs_sha256": lineage.get("inputs_sha256"),
+        "retrained_at": lineage.get("retrained_at"),
+        "retrained_by": lineage.get("retrained_by"),
+        "verdict": gate.get("verdict"),
+        "passed": gate.get("passed"),
+        "rule": gate.get("rule"),
+        "test": gate.get("test"),
+        "p_value": gate.get("p_value"),
+        "metrics": [(name, value, theirs.get(name)) for name, value in mine.items()],
+    }

@@ -16,6 +16,7 @@ from serving.http import (
     metrics,
     predictions,
     quality,
+    retraining,
 )
 
 # The blueprints whose every route is a prediction route.
@@ -37,6 +38,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(batch.blueprint)
     app.register_blueprint(endpoints.blueprint)
     app.register_blueprint(experiments.blueprint)
+    app.register_blueprint(retraining.blueprint)
     app.register_blueprint(quality.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(drift.blueprint)

@@ -209,6 +209,42 @@ AB_TEST_STOP = obj(
     by=SHORT_TEXT,
     reason=SHORT_TEXT,
 )
+RETRAIN_REQUEST = obj(
+    holdout_fraction={
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "exclusiveMaximum": 1,
+        "description": "Share of the newest labelled rows held out for the gate (default 0.2).",
+    },
+    holdout_rows={
+        "type": "integer",
+        "minimum": 1,
+        "description": "Or: how many of the newest labelled rows to hold out.",
+    },
+    min_labelled={"type": "integer", "minimum": 2, "default": 500},
+    include_training_data={"type": "boolean", "default": False},
+    then={
+        "type": "string",
+        "pattern": "^(shadow|none|ab:[0-9.eE+-]+)$",
+        "default": "shadow",
+        "description": "After registering: shadow, none, or ab:<share of traffic to the "
+        "candidate>.",
+    },
+    since=INSTANT,
+    until=INSTANT,
+    by=SHORT_TEXT,
+)
+RETRAIN_REPORT = obj(
+    ["outcome", "endpoint", "parent_version", "version", "message", "lineage"],
+    outcome={"enum": ["registered", "already registered"]},
+    endpoint=STRING,
+    parent_version=STRING,
+    version=STRING,
+    message=STRING,
+    gate={"type": ["object", "null"]},
+    lineage={"type": "object"},
+    then={"type": ["object", "null"]},
+)
 ARM = obj(
     ["version", "requests", "labelled", "metrics"],
     version=STRING,
@@ -318,6 +354,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Who": WHO,
     "AbTestStart": AB_TEST_START,
     "AbTestStop": AB_TEST_STOP,
+    "RetrainRequest": RETRAIN_REQUEST,
+    "RetrainReport": RETRAIN_REPORT,
     "Estimate": ESTIMATE,
     "Arm": ARM,
     "AbTest": AB_TEST,

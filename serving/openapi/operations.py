@@ -479,4 +479,13 @@ OPERATIONS: dict[str, Operation] = {
         WHO_BODY,
         admin=True,
     ),
+    # Retraining.
+    "retraining.retrain": Operation(
+        "A/B tests and shadows",
+        json_reply(ref("RetrainReport"), 201, "A candidate was registered."),
+        (400, 404, 409, 413, 422, 503),
+        json_body(ref("RetrainRequest"), required=False),
+        admin=True,
+        more=(json_reply(ref("RetrainReport"), 200, "Registered already, from the same inputs."),),
+    ),
 }
