@@ -15,6 +15,7 @@ from serving.batch.command import score_command
 from serving.clients import keys_command
 from serving.errors import ServiceError
 from serving.lifecycle import STATUSES
+from serving.model_commands import models_command
 from serving.runtime import ModelLoadError
 
 
@@ -22,6 +23,7 @@ def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(score_command)
     app.cli.add_command(keys_command)
+    app.cli.add_command(models_command)
 
     @app.cli.command("migrate")
     def migrate_command() -> None:

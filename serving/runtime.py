@@ -128,9 +128,7 @@ class LoadedModel:
         self.dtypes = {f.name: f.dtype for f in schema.fields}
         self.classes = [_plain(c) for c in getattr(pipeline, "classes_", [])]
         if self.classes and not hasattr(pipeline, "predict_proba"):
-            raise ModelLoadError(
-                f"{where}: {PIPELINE_FILE} is a classifier without predict_proba"
-            )
+            raise ModelLoadError(f"{where}: {PIPELINE_FILE} is a classifier without predict_proba")
         binary = len(self.classes) == 2
         self.task = metadata.get("task") or (
             "regression"
@@ -380,9 +378,7 @@ def _pipeline_file(where: str, names: Sequence[str]) -> str:
     if not present:
         raise ModelLoadError(f"{where}: {PIPELINE_FILE} is missing (or {SKOPS_FILE})")
     if len(present) > 1:
-        raise ModelLoadError(
-            f"{where}: holds both {PIPELINE_FILE} and {SKOPS_FILE}; keep one"
-        )
+        raise ModelLoadError(f"{where}: holds both {PIPELINE_FILE} and {SKOPS_FILE}; keep one")
     return present[0]
 
 
@@ -423,9 +419,7 @@ def _read_pipeline(where: str, name: str, data: bytes, metadata: Mapping[str, An
                 f"({exc}); custom transformers belong in the custom_transformers package"
             ) from exc
         except Exception as exc:
-            raise ModelLoadError(
-                f"{where}: {name} cannot be unpickled: {exc}"
-            ) from exc
+            raise ModelLoadError(f"{where}: {name} cannot be unpickled: {exc}") from exc
 
 
 def _read_columns(where: str, data: bytes) -> list[str]:
@@ -436,9 +430,7 @@ def _read_columns(where: str, data: bytes) -> list[str]:
         or not all(isinstance(c, str) for c in columns)
         or len(set(columns)) != len(columns)
     ):
-        raise ModelLoadError(
-            f"{where}: {COLUMNS_FILE} must be a non-empty list of distinct names"
-        )
+        raise ModelLoadError(f"{where}: {COLUMNS_FILE} must be a non-empty list of distinct names")
     return columns
 
 
@@ -451,16 +443,12 @@ def _read_dtypes(where: str, data: bytes) -> dict[str, Any]:
             "dtypes pickle may only name the pandas and numpy types of a Series of dtypes"
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(
-            f"{where}: {DTYPES_FILE} cannot be unpickled: {exc}"
-        ) from exc
+        raise ModelLoadError(f"{where}: {DTYPES_FILE} cannot be unpickled: {exc}") from exc
     if isinstance(dtypes, pd.Series):
         return dict(dtypes.items())
     if isinstance(dtypes, dict):
         return {name: pd.api.types.pandas_dtype(d) for name, d in dtypes.items()}
-    raise ModelLoadError(
-        f"{where}: {DTYPES_FILE} must hold a pandas Series or a dict of dtypes"
-    )
+    raise ModelLoadError(f"{where}: {DTYPES_FILE} must hold a pandas Series or a dict of dtypes")
 
 
 def _check_pipeline(where: str, pipeline: Any, columns: list[str], name: str) -> None:
