@@ -51,7 +51,6 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     else:
         load_models(app)
 
-    hot_loading.init_app(app)
     logs.init_app(app)
     register_error_handlers(app)
     register_blueprints(app)
@@ -87,7 +86,9 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         app.extensions["shadows"] = Shadows(registry, refresh, settings.micro_batch_max_size, wait)
         app.extensions["services"] = dataplane.Services.of({**app.extensions, "registry": registry})
         # Each worker adds versions published later, within STATUS_REFRESH_SECONDS.
-        app.extensions["hot_loader"] = hot_loading.HotLoader(registry, settings, lifecycle.forget)
+        loader = hot_loading.HotLoader(registry, settings, lifecycle.forget)
+        registry.loader = loader.ensure
+        app.extensions["hot_loader"] = loader
         # Published last: a concurrent first request never sees half of it.
         app.extensions["registry"] = registry
         # Nothing opened here may be inherited by forked workers (gunicorn --preload).

@@ -54,6 +54,11 @@ class Registry:
     # Moved on by every change: what is derived from the models (the OpenAPI document, the
     # metrics' zero series) is derived again when it moves.
     generation: int = 0
+    # Loads a published version this process does not serve yet, when a request needs it
+    # before the periodic check got to it: (endpoint, version or None for all of the
+    # endpoint's, whether to ask the database rather than the cached list) -> whether any
+    # was added. Set by serving.load_models (serving.hot_loading.HotLoader.ensure).
+    loader: Callable[[str, str | None, bool], bool] | None = None
     _writing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
@@ -174,9 +179,14 @@ class Registry:
 
         return check
 
+    def _load_missing(self, endpoint: str, version: str | None, ask: bool = False) -> bool:
+        return self.loader is not None and self.loader(endpoint, version, ask)
+
     def endpoint(self, endpoint: str) -> dict[str, LoadedModel]:
         """The versions of an endpoint; NotFound when there is no such endpoint."""
         versions = self.models.get(endpoint)
+        if not versions and self._load_missing(endpoint, None):
+            versions = self.models.get(endpoint)
         if not versions:
             raise NotFound(
                 f"There is no endpoint named {endpoint!r}.",
@@ -186,8 +196,12 @@ class Registry:
 
     def version(self, endpoint: str, version: str) -> LoadedModel:
         """One version of an endpoint, whatever its status; NotFound naming the known ones."""
+        model = self.models.get(endpoint, {}).get(version)
+        # Published moments ago (its status changed, or asked for by name, before this
+        # worker's periodic check loaded it): loaded now, if the store has it.
+        if model is None and self._load_missing(endpoint, version, ask=True):
+            model = self.models.get(endpoint, {}).get(version)
         versions = self.endpoint(endpoint)
-        model = versions.get(version)
         if model is None:
             raise NotFound(
                 f"Endpoint {endpoint!r} has no version {version!r}.",
@@ -218,6 +232,15 @@ class Registry:
         matching = sorted(
             (v for v in versions if statuses.get((endpoint, v)) == wanted), key=version_order
         )
+        # A version promoted moments after it was published, before this worker's periodic
+        # check loaded it: load it now rather than answer that nothing is in that status.
+        pending = (
+            []
+            if matching
+            else [v for (e, v), s in statuses.items() if e == endpoint and s == wanted]
+        )
+        if any([self._load_missing(endpoint, v, ask=True) for v in pending]):
+            return self.resolve(endpoint, statuses, version, status)
         if not matching:
             raise NotFound(
                 f"No version of {endpoint!r} is in {wanted}.",

@@ -86,9 +86,10 @@ def test_a_published_version_is_stored_with_its_digests_and_served_at_once(
     body = answer.get_json()
     assert (body["endpoint"], body["version"], body["status"]) == ("tiny", "2", "testing")
     assert body["published_by"] == "alice"
-    assert body["files"]["pipeline.skops"]["sha256"] == hashlib.sha256(
-        (folder / "pipeline.skops").read_bytes()
-    ).hexdigest()
+    assert (
+        body["files"]["pipeline.skops"]["sha256"]
+        == hashlib.sha256((folder / "pipeline.skops").read_bytes()).hexdigest()
+    )
     assert set(body["files"]) == {"pipeline.skops", "dtypes.pickle", "columns.json", "model.json"}
     # Served by this process at once, in its declared status (testing: not the default).
     scored = predict(client, "tiny", "a", version="2")
@@ -139,9 +140,7 @@ def test_a_version_is_never_overwritten_nor_a_folder_replaced(client, database_u
     assert stored_rows(database_url) == [("tiny", "2")]
 
 
-def test_pickles_are_refused_unless_the_operator_allows_them(
-    database_url, models_dir, tmp_path
-):
+def test_pickles_are_refused_unless_the_operator_allows_them(database_url, models_dir, tmp_path):
     folder = tiny_version(tmp_path / "v2", "2", skops=False)
     refusing = app_on(database_url, models_dir).test_client()
     answer = put(refusing, "tiny", "2", multipart(folder))
