@@ -229,6 +229,7 @@ class HotLoader:
 def start_watching(app: Flask) -> None:
     """In a serving process (each gunicorn worker, after the fork; `python app.py`): start
     the app's background check for newly published versions."""
-    loader = app.extensions.get("hot_loader")
+    # gunicorn hands a stand-in app to a worker whose app failed to import: nothing to watch.
+    loader = getattr(app, "extensions", {}).get("hot_loader")
     if loader is not None:
         loader.start()
