@@ -10,4 +10,7 @@ except SettingsError as exc:
     raise SystemExit(f"configuration error: {exc}") from None
 
 if __name__ == "__main__":
+    from serving.hot_loading import start_watching
+
+    start_watching(app)
     app.run(host="0.0.0.0", port=app.config["SETTINGS"].port, threaded=True)

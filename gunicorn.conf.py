@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-from serving import logs, metrics
+from serving import hot_loading, logs, metrics
 from serving.config import Settings, SettingsError
 
 try:
@@ -83,6 +83,12 @@ def on_starting(server) -> None:
     """Counts start from zero: files an earlier run left behind would add to them."""
     metrics.reset_directory(_metrics_dir)
     server.log.info("metrics directory %s", _metrics_dir)
+
+
+def post_worker_init(worker) -> None:
+    """In each worker, after the fork: watch the database for newly published versions (a
+    thread started in the master would not survive the fork)."""
+    hot_loading.start_watching(worker.wsgi)
 
 
 def child_exit(server, worker) -> None:

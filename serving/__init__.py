@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 import click
 from flask import Flask
 
-from serving import cli, database, dataplane, logs, migrations
+from serving import cli, database, dataplane, hot_loading, logs, migrations
 from serving.config import Settings
 from serving.dashboard import views as dashboard
 from serving.errors import register_error_handlers
@@ -76,6 +76,9 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         if settings.migrate_on_start:
             migrations.migrate()
         registry = Registry.load(settings, endpoints)
+        # Versions published to the database, beside the folders (the same version in both
+        # stops here with a sentence).
+        hot_loading.load_at_start(registry, settings, endpoints)
         lifecycle = Lifecycle(settings.status_refresh_seconds)
         if settings.migrate_on_start:
             lifecycle.seed((e, v, s) for (e, v), s in registry.declared.items())
@@ -85,6 +88,10 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         app.extensions["experiments"] = Experiments(registry, lifecycle, refresh)
         app.extensions["shadows"] = Shadows(registry, refresh, settings.micro_batch_max_size, wait)
         app.extensions["services"] = dataplane.Services.of({**app.extensions, "registry": registry})
+        # Each worker adds versions published later, within STATUS_REFRESH_SECONDS.
+        loader = hot_loading.HotLoader(registry, settings, lifecycle.forget)
+        registry.loader = loader.ensure
+        app.extensions["hot_loader"] = loader
         # Published last: a concurrent first request never sees half of it.
         app.extensions["registry"] = registry
         # Nothing opened here may be inherited by forked workers (gunicorn --preload).

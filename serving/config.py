@@ -153,6 +153,13 @@ class Settings:
     # file's path, or the JSON itself (see serving/digests.py). Unset: model.json's pins only.
     model_digests: str | None = None
     status_refresh_seconds: float = 2.0
+    # Versions published to the running deployment (PUT /api/v1/<endpoint>/versions/<version>,
+    # `flask models push`): the largest upload, all files together (413 beyond) ...
+    max_model_upload_bytes: int = 200_000_000
+    # ... and whether a published version may hold pipeline.pickle. Off: unpickling runs any
+    # code the file names, so anyone with the admin token (or write access to the database)
+    # could run code in every worker; pipeline.skops is always accepted.
+    allow_pickle_uploads: bool = False
     # How long a lone request may wait for company in a micro-batch (BATCH_MAX_WAIT_MS).
     micro_batch_max_wait_ms: float = 0.0
     # prometheus_client's multiprocess directory: gunicorn's workers count into files there.
@@ -211,6 +218,10 @@ class Settings:
             status_refresh_seconds=_float(
                 env, "STATUS_REFRESH_SECONDS", defaults.status_refresh_seconds
             ),
+            max_model_upload_bytes=_int(
+                env, "MAX_MODEL_UPLOAD_BYTES", defaults.max_model_upload_bytes, minimum=1
+            ),
+            allow_pickle_uploads=_bool(env, "ALLOW_PICKLE_UPLOADS", defaults.allow_pickle_uploads),
             micro_batch_max_wait_ms=_float(
                 env, "BATCH_MAX_WAIT_MS", defaults.micro_batch_max_wait_ms
             ),

@@ -58,11 +58,13 @@ def _checked_map(value: Any, where: str) -> dict[str, str]:
 
 
 def check_folder_pins(
-    folder: Path, metadata: Mapping[str, Any], digests: Mapping[str, str], pipeline_file: str
+    where: str, metadata: Mapping[str, Any], digests: Mapping[str, str], pipeline_file: str
 ) -> None:
     """Compare the files' digests with the pins model.json holds; a file without a pin is not
-    checked (as before the `sha256` map existed). Raises DigestError with a sentence."""
-    where = f"model folder {folder}: model.json {METADATA_MAP}"
+    checked (as before the `sha256` map existed). `where` starts each sentence ("model folder
+    <path>"). Raises DigestError with a sentence."""
+    folder = where
+    where = f"{where}: model.json {METADATA_MAP}"
     pins = _checked_map(metadata.get(METADATA_MAP, {}), where)
     for name, expected in pins.items():
         if name not in digests:
@@ -70,13 +72,13 @@ def check_folder_pins(
             raise DigestError(f"{where} pins {name}, which is not in the folder")
         if digests[name] != expected:
             raise DigestError(
-                f"model folder {folder}: {name} does not match its sha256 in model.json; "
+                f"{folder}: {name} does not match its sha256 in model.json; "
                 "the file was replaced or corrupted"
             )
     legacy = metadata.get(LEGACY_PIPELINE_KEY)
     if legacy and digests.get(pipeline_file) != legacy:
         raise DigestError(
-            f"model folder {folder}: {pipeline_file} does not match the {LEGACY_PIPELINE_KEY} "
+            f"{folder}: {pipeline_file} does not match the {LEGACY_PIPELINE_KEY} "
             "in model.json; the file was replaced or corrupted"
         )
 

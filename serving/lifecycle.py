@@ -121,6 +121,16 @@ class Lifecycle:
 
 @unit_of_work(write=True)
 def _seed(declared: list[tuple[str, str, str]]) -> None:
+    record_declared(declared)
+
+
+def record_declared(
+    declared: Iterable[tuple[str, str, str]],
+    by: str = "system: first load",
+    reason: str = "status declared by model.json",
+) -> dict[Key, str]:
+    """Inside a write transaction: give versions without history their declared first status
+    (the rules of `Lifecycle.seed`); return every version's status afterwards."""
     lock_statuses()
     current = _latest()
     producing = {e for (e, _v), s in current.items() if s == PRODUCTION}
@@ -135,9 +145,17 @@ def _seed(declared: list[tuple[str, str, str]]) -> None:
             endpoint=endpoint,
             version=version,
             status=status,
-            changed_by="system: first load",
-            reason="status declared by model.json",
+            changed_by=by,
+            reason=reason,
         )
+        current[(endpoint, version)] = status
+    return current
+
+
+@unit_of_work()
+def latest_statuses() -> dict[Key, str]:
+    """Every version's status, read from the database now (no cache)."""
+    return _latest()
 
 
 @unit_of_work(write=True)

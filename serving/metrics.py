@@ -278,7 +278,8 @@ class _ModelInfo:
 # also answers on the tutorial's own paths.
 _MODEL_ROUTES = ("/api/v1/<endpoint>/predict", "/api/v1/<endpoint>/update")
 _DEFAULT_ROUTES = ("/predict", "/update")
-_zeros_declared_in: int | None = None  # the pid that declared them (a fork must again)
+# The pid and registry generation they were declared for (a fork must again).
+_zeros_declared_in: tuple[int, int] | None = None
 
 
 def declare_zero_series(registry: Registry) -> None:
@@ -286,7 +287,8 @@ def declare_zero_series(registry: Registry) -> None:
     label, and its answered (200) predict and update requests. A series that first appears
     at 1 loses that first count to Prometheus' increase() and rate(); once per process."""
     global _zeros_declared_in
-    if _zeros_declared_in == os.getpid():
+    # Again in a fork, and again when published versions were added.
+    if _zeros_declared_in == (os.getpid(), registry.generation):
         return
     instruments = _built()
     for endpoint, versions in registry.models.items():
@@ -298,7 +300,7 @@ def declare_zero_series(registry: Registry) -> None:
                 values = (route, "POST", endpoint, version, "200")
                 instruments.requests.labels(*values)
                 instruments.latency.labels(*values)
-    _zeros_declared_in = os.getpid()
+    _zeros_declared_in = (os.getpid(), registry.generation)
 
 
 def _constant(value: int) -> Callable[[], int]:

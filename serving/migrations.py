@@ -162,6 +162,38 @@ def _create_api_keys(database: peewee.Database) -> None:
         database.create_tables([ApiKey], safe=False)
 
 
+def _create_published_versions(database: peewee.Database) -> None:
+    """Model versions published to a running deployment, with their files' bytes."""
+
+    class PublishedVersion(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        version = peewee.CharField(max_length=100)
+        published_by = peewee.CharField(max_length=200)
+        published_at = peewee.DateTimeField()
+
+        class Meta:
+            table_name = "published_version"
+            indexes = ((("endpoint", "version"), True),)
+
+    class PublishedFile(peewee.Model):
+        id = peewee.BigAutoField()
+        # Not a foreign key: the version row and its files are written in one transaction
+        # and never deleted, and the files are only read by their version's id.
+        published_version = peewee.BigIntegerField()
+        name = peewee.CharField(max_length=100)
+        sha256 = peewee.CharField(max_length=64)
+        size = peewee.BigIntegerField()
+        content = peewee.BlobField()
+
+        class Meta:
+            table_name = "published_file"
+            indexes = ((("published_version", "name"), True),)
+
+    with database.bind_ctx([PublishedVersion, PublishedFile]):
+        database.create_tables([PublishedVersion, PublishedFile], safe=False)
+
+
 Migration = tuple[int, str, Callable[[peewee.Database], None]]
 
 MIGRATIONS: list[Migration] = [
@@ -170,6 +202,7 @@ MIGRATIONS: list[Migration] = [
     (3, "create version_status", _create_version_status_table),
     (4, "A/B tests, shadow versions and scores", _add_experiments),
     (5, "create api_key", _create_api_keys),
+    (6, "create published_version and published_file", _create_published_versions),
 ]
 
 

@@ -1,5 +1,5 @@
-"""`flask models`: turn a saved pipeline into a model folder, and check a folder before it is
-deployed. Each command is one function of the `models` group; add new ones the same way."""
+"""`flask models`: turn a saved pipeline into a model folder, check a folder before it is
+deployed, and publish one to a running deployment (`push`, in serving.publish_command)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from serving.compiled import NotCompilable, reference_rows
 from serving.folders import read_metadata
 from serving.lifecycle import STATUSES
 from serving.packaging import FORMATS, OUT_OF_RANGE, PackagingError, package
+from serving.publish_command import push_command
 from serving.registry import Registry
 from serving.runtime import ModelLoadError
 
@@ -27,7 +28,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 @click.group("models", cls=AppGroup)
 def models_group() -> None:
-    """Package model folders and check them before they are deployed."""
+    """Package model folders, check them before they are deployed, publish them."""
+
+
+models_group.add_command(push_command)
 
 
 @models_group.command("add")

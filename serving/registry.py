@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 @dataclass
 class Registry:
-    """Loaded models keyed by endpoint then version; loaded once at start, read-only after."""
+    """Loaded models keyed by endpoint then version: the folders, loaded at start, and the
+    versions published to the database (serving.published), loaded at start and added while
+    serving (`add`).
+
+    Readers take no lock. `models` (and `broken`) are never changed in place once the
+    registry serves: `add` builds a new mapping beside the old one and swaps the attribute in
+    one assignment (copy on write), so whoever read `models`, or one endpoint's versions,
+    holds one consistent state, old or new, never half of an addition. Versions are only ever
+    added, so a reader that reads `models` twice sees the second state contain the first.
+    """
 
     default_endpoint: str
     models: dict[str, dict[str, LoadedModel]] = field(default_factory=dict)
@@ -40,6 +50,17 @@ class Registry:
     declared: dict[tuple[str, str], str] = field(default_factory=dict)
     # The operator's pins (MODEL_DIGESTS), when set: every folder must match its entry.
     manifest: Manifest | None = None
+    # The versions that came from the database rather than a folder.
+    published: frozenset[tuple[str, str]] = frozenset()
+    # Moved on by every change: what is derived from the models (the OpenAPI document, the
+    # metrics' zero series) is derived again when it moves.
+    generation: int = 0
+    # Loads a published version this process does not serve yet, when a request needs it
+    # before the periodic check got to it: (endpoint, version or None for all of the
+    # endpoint's, whether to ask the database rather than the cached list) -> whether any
+    # was added. Set by serving.load_models (serving.hot_loading.HotLoader.ensure).
+    loader: Callable[[str, str | None, bool], bool] | None = None
+    _writing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, settings: Settings, endpoints: Collection[str] | None = None) -> Registry:
@@ -105,17 +126,7 @@ class Registry:
             compile=settings.compile_models,
             check_digests=self._pinned_outside(folder, endpoint),
         )
-        declared = model.metadata.get("version")
-        if version is not None and declared is not None and str(declared) != version:
-            raise ModelLoadError(
-                f"model folder {folder}: model.json says version {declared!r} but the folder "
-                f"is named {version!r}"
-            )
-        status = model.metadata.get("initial_status")
-        if status is not None and status not in (TESTING, "staging", PRODUCTION, ARCHIVED):
-            raise ModelLoadError(f"model folder {folder}: unknown initial_status {status!r}")
-        if model.metadata.get("out_of_range", "warn") not in ("warn", "reject"):
-            raise ModelLoadError(f"model folder {folder}: out_of_range must be 'warn' or 'reject'")
+        check_metadata(model, f"model folder {folder}", version, "the folder is named")
         return model
 
     @classmethod
@@ -137,6 +148,34 @@ class Registry:
                 raise ModelLoadError(str(exc)) from exc
         return registry
 
+    def add(self, model: LoadedModel, published: bool = True) -> bool:
+        """Serve one more version from now on (copy on write: readers see the registry before
+        or after, never between); False when the endpoint already has that version."""
+        key = (model.endpoint, model.version)
+        with self._writing:
+            versions = self.models.get(model.endpoint, {})
+            if model.version in versions:
+                return False
+            models = dict(self.models)
+            models[model.endpoint] = {**versions, model.version: model}
+            self.models = models
+            if published:
+                self.published = self.published | {key}
+            self.generation += 1
+        return True
+
+    def add_broken(self, entry: dict[str, str]) -> None:
+        """Report one more version that cannot be served (copy on write, as `add`)."""
+        with self._writing:
+            self.broken = [*self.broken, entry]
+            self.generation += 1
+
+    def has(self, endpoint: str, version: str) -> bool:
+        """Whether this process serves the version, or a folder of it failed to load."""
+        if version in self.models.get(endpoint, {}):
+            return True
+        return any(b["endpoint"] == endpoint and b["version"] == version for b in self.broken)
+
     def _pinned_outside(
         self, folder: Path, endpoint: str
     ) -> Callable[[str, Mapping[str, str]], None] | None:
@@ -153,9 +192,14 @@ class Registry:
 
         return check
 
+    def _load_missing(self, endpoint: str, version: str | None, ask: bool = False) -> bool:
+        return self.loader is not None and self.loader(endpoint, version, ask)
+
     def endpoint(self, endpoint: str) -> dict[str, LoadedModel]:
         """The versions of an endpoint; NotFound when there is no such endpoint."""
         versions = self.models.get(endpoint)
+        if not versions and self._load_missing(endpoint, None):
+            versions = self.models.get(endpoint)
         if not versions:
             raise NotFound(
                 f"There is no endpoint named {endpoint!r}.",
@@ -165,8 +209,12 @@ class Registry:
 
     def version(self, endpoint: str, version: str) -> LoadedModel:
         """One version of an endpoint, whatever its status; NotFound naming the known ones."""
+        model = self.models.get(endpoint, {}).get(version)
+        # Published moments ago (its status changed, or asked for by name, before this
+        # worker's periodic check loaded it): loaded now, if the store has it.
+        if model is None and self._load_missing(endpoint, version, ask=True):
+            model = self.models.get(endpoint, {}).get(version)
         versions = self.endpoint(endpoint)
-        model = versions.get(version)
         if model is None:
             raise NotFound(
                 f"Endpoint {endpoint!r} has no version {version!r}.",
@@ -197,6 +245,15 @@ class Registry:
         matching = sorted(
             (v for v in versions if statuses.get((endpoint, v)) == wanted), key=version_order
         )
+        # A version promoted moments after it was published, before this worker's periodic
+        # check loaded it: load it now rather than answer that nothing is in that status.
+        pending = (
+            []
+            if matching
+            else [v for (e, v), s in statuses.items() if e == endpoint and s == wanted]
+        )
+        if any([self._load_missing(endpoint, v, ask=True) for v in pending]):
+            return self.resolve(endpoint, statuses, version, status)
         if not matching:
             raise NotFound(
                 f"No version of {endpoint!r} is in {wanted}.",
@@ -235,6 +292,21 @@ class Registry:
 def valid_name(name: str) -> bool:
     """Whether an endpoint or version name is one the registry serves."""
     return bool(_NAME.match(name))
+
+
+def check_metadata(model: LoadedModel, where: str, version: str | None, named: str) -> None:
+    """Refuse what model.json may not say: another version than the one `named` (the folder's
+    name, the URL's version), an unknown initial_status or out_of_range."""
+    declared = model.metadata.get("version")
+    if version is not None and declared is not None and str(declared) != version:
+        raise ModelLoadError(
+            f"{where}: model.json says version {declared!r} but {named} {version!r}"
+        )
+    status = model.metadata.get("initial_status")
+    if status is not None and status not in (TESTING, "staging", PRODUCTION, ARCHIVED):
+        raise ModelLoadError(f"{where}: unknown initial_status {status!r}")
+    if model.metadata.get("out_of_range", "warn") not in ("warn", "reject"):
+        raise ModelLoadError(f"{where}: out_of_range must be 'warn' or 'reject'")
 
 
 def version_order(version: str) -> tuple[int, int | str]:

@@ -28,7 +28,7 @@ from serving.compiled import (
     reference_rows,
     verify,
 )
-from serving.digests import DigestError, check_folder_pins, sha256_hex
+from serving.digests import MODEL_FILES, DigestError, check_folder_pins, sha256_hex
 from serving.schema import STRING, InputSchema
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,10 @@ class LoadedModel:
         metadata: dict[str, Any],
         endpoint: str,
         version: str,
+        where: str | None = None,
     ):
         self.folder = folder
+        where = where or f"model folder {folder}"
         self.pipeline = pipeline
         self.schema = schema
         self.metadata = metadata
@@ -126,9 +128,7 @@ class LoadedModel:
         self.dtypes = {f.name: f.dtype for f in schema.fields}
         self.classes = [_plain(c) for c in getattr(pipeline, "classes_", [])]
         if self.classes and not hasattr(pipeline, "predict_proba"):
-            raise ModelLoadError(
-                f"model folder {folder}: {PIPELINE_FILE} is a classifier without predict_proba"
-            )
+            raise ModelLoadError(f"{where}: {PIPELINE_FILE} is a classifier without predict_proba")
         binary = len(self.classes) == 2
         self.task = metadata.get("task") or (
             "regression"
@@ -140,7 +140,7 @@ class LoadedModel:
         positive = metadata.get("positive_class", self.classes[-1] if binary else None)
         if binary and positive not in self.classes:
             raise ModelLoadError(
-                f"{folder / METADATA_FILE}: positive_class {positive!r} is not one of the "
+                f"{where}: {METADATA_FILE} positive_class {positive!r} is not one of the "
                 f"pipeline's classes {self.classes}"
             )
         self.positive_class = positive if binary else None
@@ -168,10 +168,11 @@ class LoadedModel:
         keep it only if it reproduces the pipeline on reference rows within FAST_PATH_TOLERANCE.
         """
         folder = Path(folder)
-        pipeline_file = _pipeline_file(folder)
+        where = f"model folder {folder}"
+        pipeline_file = _pipeline_file(where, [n for n in MODEL_FILES if (folder / n).is_file()])
         for name in (DTYPES_FILE, COLUMNS_FILE):
             if not (folder / name).is_file():
-                raise ModelLoadError(f"model folder {folder}: {name} is missing")
+                raise ModelLoadError(f"{where}: {name} is missing")
         # Each file is read once: the bytes whose digest is checked are the bytes parsed, so
         # a file swapped between the check and the load cannot slip through.
         contents = {
@@ -179,30 +180,49 @@ class LoadedModel:
             for name in (pipeline_file, DTYPES_FILE, COLUMNS_FILE, METADATA_FILE)
             if (folder / name).is_file()
         }
-        metadata = _read_metadata(folder, contents.get(METADATA_FILE))
+        return cls.from_files(contents, where, folder, endpoint, version, compile, check_digests)
+
+    @classmethod
+    def from_files(
+        cls,
+        contents: Mapping[str, bytes],
+        where: str,
+        folder: Path,
+        endpoint: str,
+        version: str | None = None,
+        compile: bool = True,
+        check_digests: Callable[[str, Mapping[str, str]], None] | None = None,
+    ) -> LoadedModel:
+        """Load and check a model from its files' bytes (by file name), as `load` does a
+        folder's; `where` starts every error's sentence ("model folder models/income/2",
+        "published version income/3"), `folder` is where the model came from."""
+        pipeline_file = _pipeline_file(where, list(contents))
+        for name in (DTYPES_FILE, COLUMNS_FILE):
+            if name not in contents:
+                raise ModelLoadError(f"{where}: {name} is missing")
+        metadata = _read_metadata(where, contents.get(METADATA_FILE))
         version = str(version or metadata.get("version") or "1")
         digests = {name: sha256_hex(data) for name, data in contents.items()}
         try:
-            check_folder_pins(folder, metadata, digests, pipeline_file)
+            check_folder_pins(where, metadata, digests, pipeline_file)
             if check_digests is not None:
                 check_digests(version, digests)
         except DigestError as exc:
             raise ModelLoadError(str(exc)) from exc
-        pipeline = _read_pipeline(folder, pipeline_file, contents[pipeline_file], metadata)
-        columns = _read_columns(folder, contents[COLUMNS_FILE])
-        dtypes = _read_dtypes(folder, contents[DTYPES_FILE])
-        _check_pipeline(folder, pipeline, columns, pipeline_file)
+        pipeline = _read_pipeline(where, pipeline_file, contents[pipeline_file], metadata)
+        columns = _read_columns(where, contents[COLUMNS_FILE])
+        dtypes = _read_dtypes(where, contents[DTYPES_FILE])
+        _check_pipeline(where, pipeline, columns, pipeline_file)
         unknown = [name for name in dtypes if name not in columns]
         if unknown:
             raise ModelLoadError(
-                f"model folder {folder}: {DTYPES_FILE} names columns not in {COLUMNS_FILE}: "
-                f"{unknown}"
+                f"{where}: {DTYPES_FILE} names columns not in {COLUMNS_FILE}: {unknown}"
             )
         try:
             schema = InputSchema.from_columns(columns, dtypes, metadata.get("profile"))
         except ValueError as exc:
-            raise ModelLoadError(f"model folder {folder}: {exc}") from exc
-        model = cls(folder, pipeline, schema, metadata, endpoint, version)
+            raise ModelLoadError(f"{where}: {exc}") from exc
+        model = cls(folder, pipeline, schema, metadata, endpoint, version, where)
         model.digests = digests
         if compile:
             model.enable_fast_path()
@@ -352,35 +372,33 @@ class LoadedModel:
         }
 
 
-def _pipeline_file(folder: Path) -> str:
-    """pipeline.pickle or pipeline.skops, whichever the folder holds; never both."""
-    present = [name for name in (PIPELINE_FILE, SKOPS_FILE) if (folder / name).is_file()]
+def _pipeline_file(where: str, names: Sequence[str]) -> str:
+    """pipeline.pickle or pipeline.skops, whichever of `names` the model has; never both."""
+    present = [name for name in (PIPELINE_FILE, SKOPS_FILE) if name in names]
     if not present:
-        raise ModelLoadError(f"model folder {folder}: {PIPELINE_FILE} is missing (or {SKOPS_FILE})")
+        raise ModelLoadError(f"{where}: {PIPELINE_FILE} is missing (or {SKOPS_FILE})")
     if len(present) > 1:
-        raise ModelLoadError(
-            f"model folder {folder}: holds both {PIPELINE_FILE} and {SKOPS_FILE}; keep one"
-        )
+        raise ModelLoadError(f"{where}: holds both {PIPELINE_FILE} and {SKOPS_FILE}; keep one")
     return present[0]
 
 
-def _read_json(folder: Path, name: str, data: bytes) -> Any:
+def _read_json(where: str, name: str, data: bytes) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"model folder {folder}: {name} is not valid JSON: {exc}") from exc
+        raise ModelLoadError(f"{where}: {name} is not valid JSON: {exc}") from exc
 
 
-def _read_metadata(folder: Path, data: bytes | None) -> dict[str, Any]:
+def _read_metadata(where: str, data: bytes | None) -> dict[str, Any]:
     if data is None:
         return {}
-    metadata = _read_json(folder, METADATA_FILE, data)
+    metadata = _read_json(where, METADATA_FILE, data)
     if not isinstance(metadata, dict):
-        raise ModelLoadError(f"model folder {folder}: {METADATA_FILE} must hold a JSON object")
+        raise ModelLoadError(f"{where}: {METADATA_FILE} must hold a JSON object")
     return metadata
 
 
-def _read_pipeline(folder: Path, name: str, data: bytes, metadata: Mapping[str, Any]) -> Any:
+def _read_pipeline(where: str, name: str, data: bytes, metadata: Mapping[str, Any]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         try:
@@ -388,69 +406,61 @@ def _read_pipeline(folder: Path, name: str, data: bytes, metadata: Mapping[str, 
                 return skops_format.loads(data, metadata)
             return joblib.load(io.BytesIO(data))
         except skops_format.SkopsRefused as exc:
-            raise ModelLoadError(f"model folder {folder}: {name} is refused: {exc}") from exc
+            raise ModelLoadError(f"{where}: {name} is refused: {exc}") from exc
         except InconsistentVersionWarning as exc:
             raise ModelLoadError(
-                f"model folder {folder}: {name} was saved with scikit-learn "
+                f"{where}: {name} was saved with scikit-learn "
                 f"{exc.original_sklearn_version}, this server runs {sklearn.__version__}; "
                 f"retrain it or pin scikit-learn=={exc.original_sklearn_version}"
             ) from exc
         except (ModuleNotFoundError, AttributeError) as exc:
             raise ModelLoadError(
-                f"model folder {folder}: {name} needs code that cannot be imported "
+                f"{where}: {name} needs code that cannot be imported "
                 f"({exc}); custom transformers belong in the custom_transformers package"
             ) from exc
         except Exception as exc:
-            raise ModelLoadError(
-                f"model folder {folder}: {name} cannot be unpickled: {exc}"
-            ) from exc
+            raise ModelLoadError(f"{where}: {name} cannot be unpickled: {exc}") from exc
 
 
-def _read_columns(folder: Path, data: bytes) -> list[str]:
-    columns = _read_json(folder, COLUMNS_FILE, data)
+def _read_columns(where: str, data: bytes) -> list[str]:
+    columns = _read_json(where, COLUMNS_FILE, data)
     if (
         not isinstance(columns, list)
         or not columns
         or not all(isinstance(c, str) for c in columns)
         or len(set(columns)) != len(columns)
     ):
-        raise ModelLoadError(
-            f"model folder {folder}: {COLUMNS_FILE} must be a non-empty list of distinct names"
-        )
+        raise ModelLoadError(f"{where}: {COLUMNS_FILE} must be a non-empty list of distinct names")
     return columns
 
 
-def _read_dtypes(folder: Path, data: bytes) -> dict[str, Any]:
+def _read_dtypes(where: str, data: bytes) -> dict[str, Any]:
     try:
         dtypes = dtypes_pickle.loads(data)
     except dtypes_pickle.RefusedGlobal as exc:
         raise ModelLoadError(
-            f"model folder {folder}: {DTYPES_FILE} is refused: it names {exc.qualified}, and a "
+            f"{where}: {DTYPES_FILE} is refused: it names {exc.qualified}, and a "
             "dtypes pickle may only name the pandas and numpy types of a Series of dtypes"
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(
-            f"model folder {folder}: {DTYPES_FILE} cannot be unpickled: {exc}"
-        ) from exc
+        raise ModelLoadError(f"{where}: {DTYPES_FILE} cannot be unpickled: {exc}") from exc
     if isinstance(dtypes, pd.Series):
         return dict(dtypes.items())
     if isinstance(dtypes, dict):
         return {name: pd.api.types.pandas_dtype(d) for name, d in dtypes.items()}
-    raise ModelLoadError(
-        f"model folder {folder}: {DTYPES_FILE} must hold a pandas Series or a dict of dtypes"
-    )
+    raise ModelLoadError(f"{where}: {DTYPES_FILE} must hold a pandas Series or a dict of dtypes")
 
 
-def _check_pipeline(folder: Path, pipeline: Any, columns: list[str], name: str) -> None:
+def _check_pipeline(where: str, pipeline: Any, columns: list[str], name: str) -> None:
     if not hasattr(pipeline, "predict"):
-        raise ModelLoadError(f"model folder {folder}: {name} holds no estimator")
+        raise ModelLoadError(f"{where}: {name} holds no estimator")
     try:
         check_is_fitted(pipeline)
     except NotFittedError as exc:
-        raise ModelLoadError(f"model folder {folder}: {name} is not fitted") from exc
+        raise ModelLoadError(f"{where}: {name} is not fitted") from exc
     trained_on = getattr(pipeline, "feature_names_in_", None)
     if trained_on is not None and list(trained_on) != list(columns):
         raise ModelLoadError(
-            f"model folder {folder}: {COLUMNS_FILE} {columns} disagrees with the columns the "
+            f"{where}: {COLUMNS_FILE} {columns} disagrees with the columns the "
             f"pipeline was fitted on {list(trained_on)}"
         )

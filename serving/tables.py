@@ -149,3 +149,35 @@ class ShadowScore(BaseTable):
             (("prediction_id", "model_version"), True),
             (("endpoint", "model_version"), False),
         )
+
+
+class PublishedVersion(BaseTable):
+    """A model version published to the running deployment (PUT /api/v1/<endpoint>/versions/
+    <version>, `flask models push`): who published it and when. Its files are PublishedFile
+    rows; a version is published once and never overwritten."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    version = peewee.CharField(max_length=100)
+    published_by = peewee.CharField(max_length=200)
+    published_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "published_version"
+        indexes = ((("endpoint", "version"), True),)
+
+
+class PublishedFile(BaseTable):
+    """One file of a published version, its bytes (BLOB on SQLite, bytea on PostgreSQL) and
+    their sha256 as checked at upload; every load checks the bytes against it again."""
+
+    id = peewee.BigAutoField()
+    published_version = peewee.BigIntegerField()
+    name = peewee.CharField(max_length=100)
+    sha256 = peewee.CharField(max_length=64)
+    size = peewee.BigIntegerField()
+    content = peewee.BlobField()
+
+    class Meta:
+        table_name = "published_file"
+        indexes = ((("published_version", "name"), True),)

@@ -234,6 +234,7 @@ def test_errors_are_documented_with_the_one_error_shape(spec):
 
 
 ADMIN_OPERATIONS = {
+    ("put", "/api/v1/{endpoint}/versions/{version}"),
     ("put", "/api/v1/{endpoint}/versions/{version}/status"),
     ("post", "/api/v1/{endpoint}/versions/{version}/status"),
     ("post", "/api/v1/{endpoint}/ab-tests"),

@@ -15,6 +15,7 @@ from serving.http import (
     health,
     metrics,
     predictions,
+    publishing,
     quality,
     retraining,
 )
@@ -37,6 +38,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(predictions.blueprint)
     app.register_blueprint(batch.blueprint)
     app.register_blueprint(endpoints.blueprint)
+    app.register_blueprint(publishing.blueprint)
     app.register_blueprint(experiments.blueprint)
     app.register_blueprint(retraining.blueprint)
     app.register_blueprint(quality.blueprint)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 from flask import request
-from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.wsgi import get_input_stream
@@ -68,6 +68,27 @@ class Upload:
 def upload(raw: bytes, field: str = "file") -> Upload:
     """The file sent in a multipart body already read by `read` (field `field`, else the
     first file): parsed from memory, so the body limit is `read`'s and nothing else's."""
+    form, files = _multipart(raw)
+    found: Upload | None = next((u for name, u in files if name == field), None) or next(
+        (u for _name, u in files), None
+    )
+    if found is None and field in form:
+        # A part without a filename is a form field, not a file: its text is the file.
+        return Upload(form[field].encode(), "text/plain", "")
+    if found is None:
+        raise BadRequest(f"The multipart body has no file; send the CSV as field {field!r}.")
+    return found
+
+
+def parts(raw: bytes) -> tuple[dict[str, list[str]], list[tuple[str, Upload]]]:
+    """Every part of a multipart body already read by `read`: the text fields (by name, each
+    value sent) and the files (field name and file, in the order sent). Parsed from memory,
+    so the body limit is `read`'s and nothing else's."""
+    form, files = _multipart(raw)
+    return {name: form.getlist(name) for name in form}, files
+
+
+def _multipart(raw: bytes) -> tuple[Any, list[tuple[str, Upload]]]:
     parser = FormDataParser(
         # The body is in memory already, within its limit: its files stay there too.
         stream_factory=lambda *_args, **_kwargs: io.BytesIO(),
@@ -81,17 +102,14 @@ def upload(raw: bytes, field: str = "file") -> Upload:
     except RequestEntityTooLarge as exc:
         raise PayloadTooLarge(
             "The multipart body has too many parts, or a text field that is too long; send "
-            "the file alone.",
+            "the files alone.",
             [detail("body", "too many parts or too long a field")],
         ) from exc
-    found: FileStorage | None = files.get(field) or next(iter(files.values()), None)
+    found: list[tuple[str, Upload]] = []
     try:
-        if found is None and field in form:
-            # A part without a filename is a form field, not a file: its text is the file.
-            return Upload(form[field].encode(), "text/plain", "")
-        if found is None:
-            raise BadRequest(f"The multipart body has no file; send the CSV as field {field!r}.")
-        return Upload(found.read(), found.mimetype, found.filename or "")
+        for name, stored in files.items(multi=True):
+            found.append((name, Upload(stored.read(), stored.mimetype, stored.filename or "")))
     finally:
         for _, stored in files.items(multi=True):
             stored.close()
+    return form, found

@@ -47,17 +47,23 @@ PAGE = """<!DOCTYPE html>
 
 
 def document() -> dict[str, Any]:
-    """The app's OpenAPI document, built once per process: the models are loaded at start
-    and never change after."""
+    """The app's OpenAPI document, built once per state of the registry: again when a
+    published version was added (a new endpoint gets its own paths and schemas)."""
     extensions = current_app.extensions
-    if "openapi" not in extensions:
-        extensions["openapi"] = openapi.build(
-            registry(),
-            current_app.config["SETTINGS"],
-            current_app.url_map,
-            current_app.view_functions,
+    served = registry()
+    built = extensions.get("openapi")
+    if built is None or built[0] != served.generation:
+        generation = served.generation
+        built = extensions["openapi"] = (
+            generation,
+            openapi.build(
+                served,
+                current_app.config["SETTINGS"],
+                current_app.url_map,
+                current_app.view_functions,
+            ),
         )
-    return extensions["openapi"]
+    return built[1]
 
 
 @blueprint.get("/openapi.json")

@@ -326,6 +326,18 @@ READY = obj(
         "description": "Why not ready (errors, model folders): only with the admin token.",
     },
 )
+PUBLISHED_FILE = obj(["size", "sha256"], size=INTEGER, sha256=STRING)
+PUBLISHED_VERSION = obj(
+    ["endpoint", "version", "published_by", "published_at", "files", "status", "task"],
+    endpoint=STRING,
+    version=STRING,
+    published_by=STRING,
+    published_at=TIME,
+    files={"type": "object", "additionalProperties": PUBLISHED_FILE},
+    status={"enum": list(STATUSES)},
+    task=STRING,
+    fast_path={"type": "object"},
+)
 ENDPOINT_SUMMARY = obj(
     ["endpoint", "default", "versions"],
     endpoint=STRING,
@@ -365,6 +377,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "VersionInfo": VERSION_INFO,
     "Ready": READY,
     "EndpointSummary": ENDPOINT_SUMMARY,
+    "PublishedVersion": PUBLISHED_VERSION,
 }
 
 # Every error status an operation may list, and what it means there.
@@ -390,11 +403,12 @@ ERRORS: dict[int, tuple[str, str]] = {
         "Conflict",
         "The id is stored with a different observation; the version is "
         "archived; several versions share the status asked for; a test is already running "
-        "or stopped.",
+        "or stopped; the version to publish exists already.",
     ),
     413: (
         "PayloadTooLarge",
-        "The body is larger than MAX_BODY_BYTES (batches: MAX_BATCH_BODY_BYTES), "
+        "The body is larger than MAX_BODY_BYTES (batches: MAX_BATCH_BODY_BYTES; published "
+        "model versions: MAX_MODEL_UPLOAD_BYTES), "
         "however it is framed; or the batch has more than MAX_BATCH_ROWS rows or "
         "MAX_BATCH_COLUMNS CSV columns, or needed more than BATCH_CPU_SECONDS of CPU "
         "before it could be stored. Nothing was stored.",
@@ -424,6 +438,9 @@ def ab_test_start(versions: Sequence[str]) -> dict[str, Any]:
         },
     }
 
+
+# An endpoint's or version's name (serving.registry): in URLs and folder names.
+PLAIN_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 # Response headers: every answer carries X-Request-ID, every 503 Retry-After.
 HEADERS: dict[str, dict[str, Any]] = {
@@ -482,6 +499,22 @@ def parameters(endpoints: Sequence[str], versions: Sequence[str]) -> dict[str, d
             "required": True,
             "description": "A version of the endpoint.",
             "schema": {"type": "string", "enum": list(versions)},
+        },
+        # Publishing names a version (of any endpoint) that does not exist yet.
+        "NewEndpoint": {
+            "name": "endpoint",
+            "in": "path",
+            "required": True,
+            "description": "The endpoint to publish to: one this server serves, or a new one.",
+            "schema": {"type": "string", "pattern": PLAIN_NAME},
+        },
+        "NewVersion": {
+            "name": "version",
+            "in": "path",
+            "required": True,
+            "description": "The version to publish: a name no folder, published version or "
+            "status history of the endpoint has.",
+            "schema": {"type": "string", "pattern": PLAIN_NAME},
         },
         "TestId": {
             "name": "test_id",

@@ -17,6 +17,7 @@ from serving.openapi.components import (
     ANY,
     ERRORS,
     INTEGER,
+    NO_NUL,
     NULLABLE_INTEGER,
     STRING,
     TIME,
@@ -185,6 +186,50 @@ BATCH_DESCRIPTION = (
     "Every valid row is scored and stored; a row the model refuses gets its own error and "
     "status in the answer, which is still 200."
 )
+
+
+def _model_file(media_type: str, what: str) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": media_type, "description": what}
+
+
+PUBLISH_BODY = Body(
+    {
+        "multipart/form-data": {
+            "schema": {
+                **obj(
+                    ["dtypes.pickle", "columns.json", "model.json"],
+                    **{
+                        "pipeline.skops": _model_file(
+                            "application/octet-stream",
+                            "The pipeline saved by skops (send this or pipeline.pickle).",
+                        ),
+                        "pipeline.pickle": _model_file(
+                            "application/octet-stream",
+                            "The pipeline saved by joblib: only with ALLOW_PICKLE_UPLOADS=true.",
+                        ),
+                        "dtypes.pickle": _model_file(
+                            "application/octet-stream", "The input columns' dtypes."
+                        ),
+                        "columns.json": _model_file("application/json", "The input columns."),
+                        "model.json": _model_file(
+                            "application/json",
+                            "The metadata; its `sha256` map pins every other file.",
+                        ),
+                        "by": {
+                            "type": "string",
+                            "maxLength": 200,
+                            "pattern": NO_NUL,
+                            "description": "Who publishes (default admin-api).",
+                        },
+                    },
+                ),
+                "additionalProperties": False,
+            }
+        }
+    },
+    description="One file part per model file, named as the file (curl -F "
+    "'model.json=@folder/model.json' ...), at most MAX_MODEL_UPLOAD_BYTES in all.",
+)
 WHO_BODY = json_body(ref("Who"), required=False, description="Optional: who and why.")
 
 TAGS = {
@@ -349,6 +394,23 @@ OPERATIONS: dict[str, Operation] = {
         json_body(ref("StatusChange")),
         admin=True,
         description="Promoting to production archives the previous production version.",
+    ),
+    "publishing.publish_version": Operation(
+        "endpoints and versions",
+        json_reply(
+            ref("PublishedVersion"),
+            201,
+            "Published: stored with its first status, served by this worker now and by every "
+            "worker and replica within STATUS_REFRESH_SECONDS.",
+        ),
+        (409, 413, 422, 503),
+        PUBLISH_BODY,
+        admin=True,
+        path_parameters={"endpoint": "NewEndpoint", "version": "NewVersion"},
+        description="422 names what is wrong: a missing or unknown file, a digest that does not "
+        "match, a pickle the server does not accept, or why the version cannot load. 409: the "
+        "version exists (a folder, a published version, or a status history); a published "
+        "version is never overwritten.",
     ),
     # Predictions on any endpoint.
     "predictions.predict": Operation(
