@@ -34,10 +34,10 @@ TIMEOUT_SECONDS = 240
 # check on the operations it names; every other check still runs on them.
 CONFIG = """\
 # A valid body depends on the endpoint in the path ({endpoint}): the generic operations take
-# any object as the observation. Each endpoint's own copy (/api/v1/income/predict...) has its
+# any object as the observation (and v2 infer any tensors: its inputs are the model's columns). Each endpoint's own copy (/api/v1/income/predict...) has its
 # model's exact schema and keeps the check.
 [[operations]]
-include-operation-id-regex = "^(predict|update|predict_batch)$"
+include-operation-id-regex = "^(predict|update|predict_batch|infer|infer_version)$"
 checks.positive_data_acceptance.enabled = false
 
 # Cross-field and range rules: version_a must differ from version_b (start_test); since must be

@@ -82,6 +82,8 @@ class Operation:
     path_parameters: dict[str, str] = field(default_factory=dict)
     # Other answers that are not errors (such as /ready's 503).
     more: tuple[Reply, ...] = ()
+    # Errors as the Open Inference Protocol has them, `{"error": ...}` (the v2 routes).
+    short_errors: bool = False
 
 
 def json_reply(schema: dict[str, Any], status: int = 200, description: str = "OK") -> Reply:
@@ -193,12 +195,36 @@ TAGS = {
     "operations": "Probes and metrics.",
     "documentation": "This document and its interactive view.",
     "dashboard": "HTML pages for people.",
+    "open inference protocol (v2)": "KServe's Open Inference Protocol (v2 REST): health, "
+    "metadata, infer.",
     "endpoints and versions": "Endpoints, their versions and statuses, model metadata.",
     "quality and drift": "Quality from ground truth, and inputs against training.",
     "A/B tests and shadows": "Comparing versions on live traffic.",
 }
 
 STATUS = {"enum": [*STATUSES, None]}
+
+
+def v2(reply: Reply, errors: tuple[int, ...] = (), **more: Any) -> Operation:
+    """An Open Inference Protocol operation: its own tag and error shape."""
+    return Operation("open inference protocol (v2)", reply, errors, short_errors=True, **more)
+
+
+V2_READY = (
+    Reply(
+        503,
+        {JSON: {"schema": ref("ModelReady")}},
+        "Known but not answering: no production version, or the version is archived.",
+        RETRY,
+    ),
+)
+V2_INFER_BODY = json_body(ref("InferenceRequest"))
+V2_INFER_REPLY = json_reply(ref("InferenceResponse"), description="The outputs; rows stored.")
+V2_INFER_DESCRIPTION = (
+    "One input per model column (pandas codec), datatype as the model metadata says, shape "
+    "[n] or [n, 1]. A row whose id is stored with another observation is 409 (the others "
+    "are stored); an invalid row refuses the request with nothing stored."
+)
 
 OPERATIONS: dict[str, Operation] = {
     # The tutorial routes, served by the default endpoint.
@@ -478,5 +504,30 @@ OPERATIONS: dict[str, Operation] = {
         (400, 404, 413, 422, 503),
         WHO_BODY,
         admin=True,
+    ),
+    # The Open Inference Protocol (v2 REST).
+    "v2.server_metadata": v2(json_reply(ref("ServerMetadata"))),
+    "v2.server_live": v2(json_reply(ref("ServerLive"))),
+    "v2.server_ready": v2(
+        json_reply(ref("ServerReady")),
+        more=(Reply(503, {JSON: {"schema": ref("ServerReady")}}, "Not ready.", RETRY),),
+    ),
+    "v2.model_metadata": v2(json_reply(ref("ModelMetadata")), (404, 503)),
+    "v2.version_metadata": v2(json_reply(ref("ModelMetadata")), (404, 503)),
+    "v2.model_ready": v2(json_reply(ref("ModelReady")), (404,), more=V2_READY),
+    "v2.version_ready": v2(json_reply(ref("ModelReady")), (404,), more=V2_READY),
+    "v2_infer.infer": v2(
+        V2_INFER_REPLY,
+        SCORING,
+        body=V2_INFER_BODY,
+        client=True,
+        description=V2_INFER_DESCRIPTION,
+    ),
+    "v2_infer.infer_version": v2(
+        V2_INFER_REPLY,
+        SCORING,
+        body=V2_INFER_BODY,
+        client=True,
+        description=V2_INFER_DESCRIPTION,
     ),
 }
