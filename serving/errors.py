@@ -108,9 +108,7 @@ def _render(error: ServiceError, body: dict[str, Any] | None = None) -> Response
     return response
 
 
-def render_http_exception(
-    error: HTTPException, max_bytes: int, short: bool = False
-) -> Response:
+def render_http_exception(error: HTTPException, max_bytes: int, short: bool = False) -> Response:
     """Flask's own HTTP error (404 of no route, 405, 413 over MAX_CONTENT_LENGTH) as ours;
     `short`: the body is `{"error": ...}` alone, as the Open Inference Protocol has it."""
     status = error.code or 500

@@ -330,6 +330,17 @@ def _outputs(requested: Any) -> list[str] | None:
     return names
 
 
+def check_outputs(request: InferRequest, task: str) -> None:
+    """Refuse, before anything is scored, outputs this model does not produce."""
+    produced = [o["name"] for o in output_metadata(task, "BYTES")]
+    missing = [name for name in request.outputs or () if name not in produced]
+    if missing:
+        raise BadRequest(
+            f"Output {', '.join(map(repr, missing))} is not produced by this model (a "
+            "regression has no probabilities)."
+        )
+
+
 def encode(
     endpoint: str,
     request: InferRequest,
@@ -360,13 +371,7 @@ def encode(
         "observation_id", "BYTES", [n], [str(i) for i in request.observation_ids]
     )
     outputs["model_version"] = _output("model_version", "BYTES", [n], versions)
-    wanted = request.outputs or list(outputs)
-    missing = [name for name in wanted if name not in outputs]
-    if missing:
-        raise BadRequest(
-            f"Output {', '.join(map(repr, missing))} is not produced by this model (a "
-            "regression has no probabilities)."
-        )
+    wanted = [name for name in request.outputs or list(outputs) if name in outputs]
     response: dict[str, Any] = {
         "model_name": endpoint,
         "id": str(request.id),

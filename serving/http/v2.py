@@ -173,6 +173,7 @@ def _infer(endpoint: str, version: str | None) -> dict[str, Any]:
     settings = current_app.config["SETTINGS"]
     raw = bodies.read(settings.max_batch_body_bytes, "MAX_BATCH_BODY_BYTES")
     decoded = inference_v2.decode(parse_json(raw), model.schema, settings.http_batch_max_rows)
+    inference_v2.check_outputs(decoded, model.task)
     annotate(endpoint=endpoint, rows=len(decoded), observation_id=decoded.id)
     if len(decoded) == 1:
         try:
