@@ -172,7 +172,7 @@ def _tensor(tensor: Any, position: int) -> tuple[str, str, list[Any]]:
         raise BadRequest(f"Input {position} must be an object with a string 'name'.")
     name = tensor["name"]
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(
             f"Input {name!r} has datatype {datatype!r}; expected one of {sorted(DATATYPES)}."
         )

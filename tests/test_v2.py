@@ -240,6 +240,7 @@ def test_infer_is_counted_in_the_metrics_like_predict(client):
         # Structure: 400.
         (lambda b: b.update(inputs="x"), 400, "'inputs'"),
         (lambda b: b["inputs"][0].update(datatype="FLOAT"), 400, "'Age'"),
+        (lambda b: b["inputs"][0].update(datatype={}), 400, "'Age'"),
         (lambda b: b["inputs"][0].update(shape=[2, 2]), 400, "'Age'"),
         (lambda b: b["inputs"][0].update(shape=[3]), 400, "'Age'"),
         (lambda b: b["inputs"][1].update(data=[None, 5]), 400, "'Cabin'"),

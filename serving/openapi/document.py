@@ -11,6 +11,7 @@ from typing import Any
 from werkzeug.routing import Map
 
 from serving.config import Settings
+from serving.openapi import inference_v2
 from serving.openapi.components import (
     ADMIN,
     CLIENT,
@@ -25,7 +26,6 @@ from serving.openapi.components import (
     error_responses,
     parameters,
 )
-from serving.openapi import inference_v2
 from serving.openapi.inputs import endpoint_components, generic_components
 from serving.openapi.operations import MODEL, OPERATIONS, TAGS, Operation, Reply
 from serving.registry import Registry, version_order
