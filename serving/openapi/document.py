@@ -102,7 +102,7 @@ def build(
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "responses": error_responses() | inference_v2.error_responses(),
+            "responses": error_responses() | inference_v2.error_responses(_v2_errors(secured)),
             "parameters": parameters(endpoints, versions),
             "headers": HEADERS,
             "securitySchemes": (
@@ -112,6 +112,12 @@ def build(
             ),
         },
     }
+
+
+def _v2_errors(client_auth: bool) -> set[int]:
+    """The error statuses the v2 operations list (401 and 403 with client authentication)."""
+    listed = {s for o in OPERATIONS.values() if o.short_errors for s in o.errors}
+    return listed | ({401, 403} if client_auth else set())
 
 
 def _path(rule: str) -> str:

@@ -5,6 +5,7 @@ the statuses the rest of the API uses."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from serving.inference_v2 import DATATYPES, OUTPUTS
@@ -115,8 +116,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def error_responses() -> dict[str, dict[str, Any]]:
-    """One response component per error status, with the InferenceError body."""
+def error_responses(statuses: Collection[int]) -> dict[str, dict[str, Any]]:
+    """One response component per error status the v2 operations list, with the
+    InferenceError body."""
     return {
         f"{PREFIX}{name}": {
             "description": description,
@@ -129,4 +131,5 @@ def error_responses() -> dict[str, dict[str, Any]]:
             "content": {"application/json": {"schema": ref("InferenceError")}},
         }
         for status, (name, description) in ERRORS.items()
+        if status in statuses
     }
