@@ -9,8 +9,8 @@ its kind maps to (`datatype_for`). What the service decides where the protocol i
 - Every model column must be an input and every input a model column (422 naming it).
 - `null` (or NaN) in a tensor is a missing value, as in a /predict observation; the model's
   schema then decides whether the column may be missing.
-- Tensor data is JSON only: the binary tensor extension is refused with a sentence saying
-  how to send JSON (tritonclient: `binary_data=False`).
+- Tensor data is JSON here; `binary_tensors` turns Triton's binary tensor data extension
+  into it first, and frames the outputs asked in binary (`binary_outputs`).
 - Outputs: `prediction` (the label or the regression's value), and for classifiers `proba`
   (as /predict's) and `probabilities` ([n, k], class order in its `parameters.classes`), plus
   `observation_id` and `model_version` per row.
@@ -98,12 +98,13 @@ def label_datatype(labels: Sequence[Any]) -> str:
 @dataclass(frozen=True)
 class InferRequest:
     """A decoded infer request: the id to answer with, each row's observation id and
-    observation, and the outputs asked for (None: all)."""
+    observation, the outputs asked for (None: all) and those to send as binary data."""
 
     id: str | int
     observation_ids: list[str | int]
     observations: list[dict[str, Any]]
     outputs: list[str] | None
+    binary_outputs: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -150,7 +151,8 @@ def decode(body: Any, schema: InputSchema, max_rows: int) -> InferRequest:
     ids = _observation_ids(body, request_id, n)
     names = schema.columns
     observations = [{name: columns[name][i] for name in names} for i in range(n)]
-    return InferRequest(request_id, ids, observations, _outputs(body.get("outputs")))
+    outputs, binary = _outputs(body.get("outputs"), _binary_default(body.get("parameters")))
+    return InferRequest(request_id, ids, observations, outputs, binary)
 
 
 def _check_content_type(parameters: Any, where: str) -> None:
@@ -191,8 +193,6 @@ def _tensor(tensor: Any, position: int) -> tuple[str, str, list[Any]]:
     parameters = tensor.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise BadRequest(f"Input {name!r}: 'parameters' must be an object.")
-    if (parameters or {}).get("binary_data_size") is not None:
-        raise BadRequest(_BINARY)
     values = _flat(tensor["data"], name)
     if len(values) != shape[0]:
         raise BadRequest(
@@ -203,17 +203,6 @@ def _tensor(tensor: Any, position: int) -> tuple[str, str, list[Any]]:
         if problem is not None:
             raise BadRequest(f"Input {name!r} ({datatype}), row {i}: {problem}.")
     return name, datatype, [None if isinstance(v, float) and math.isnan(v) else v for v in values]
-
-
-_BINARY = (
-    "Binary tensor data is not supported: send the data as JSON (with tritonclient, "
-    "set_data_from_numpy(..., binary_data=False))."
-)
-
-
-def binary_refused() -> BadRequest:
-    """The 400 of a request in the binary tensor format (Inference-Header-Content-Length)."""
-    return BadRequest(_BINARY)
 
 
 def _flat(data: Any, name: str) -> list[Any]:
@@ -307,9 +296,19 @@ def _observation_ids(body: dict[str, Any], request_id: str | int, n: int) -> lis
     return ids
 
 
-def _outputs(requested: Any) -> list[str] | None:
+def _binary_default(parameters: Any) -> bool:
+    """The request's `binary_data_output`: every output in binary unless it says otherwise."""
+    value = (parameters or {}).get("binary_data_output", False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'parameters.binary_data_output' must be true or false, got {value!r}.")
+    return value
+
+
+def _outputs(requested: Any, binary_default: bool) -> tuple[list[str] | None, frozenset[str]]:
+    """The outputs asked for (None: all), and those to send as binary data: an output's own
+    `parameters.binary_data`, else the request's `binary_data_output`."""
     if requested is None:
-        return None
+        return None, frozenset(OUTPUTS) if binary_default else frozenset()
     if not isinstance(requested, list) or not all(
         isinstance(o, dict)
         and isinstance(o.get("name"), str)
@@ -327,7 +326,17 @@ def _outputs(requested: Any) -> list[str] | None:
             f"Unknown output {', '.join(map(repr, unknown))}; this server answers "
             f"{', '.join(OUTPUTS)}."
         )
-    return names
+    binary = set()
+    for output in requested:
+        wanted = output.get("parameters", {}).get("binary_data", binary_default)
+        if not isinstance(wanted, bool):
+            raise BadRequest(
+                f"Output {output['name']!r}: 'parameters.binary_data' must be true or false, "
+                f"got {wanted!r}."
+            )
+        if wanted:
+            binary.add(output["name"])
+    return names, frozenset(binary)
 
 
 def check_outputs(request: InferRequest, task: str) -> None:

@@ -75,7 +75,7 @@ def test_server_metadata_live_and_ready(client):
     assert client.get("/v2").get_json() == {
         "name": "sklearn-serving",
         "version": "1",
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }
     assert client.get("/v2/health/live").get_json() == {"live": True}
     assert client.get("/v2/health/ready").get_json() == {"ready": True}
@@ -265,15 +265,11 @@ def test_bad_requests_are_4xx_naming_the_input_and_store_nothing(client, change,
     assert Prediction.select().count() == 0
 
 
-def test_bad_json_too_many_rows_binary_data_and_a_regressions_probabilities(client):
+def test_bad_json_too_many_rows_and_a_regressions_probabilities(client):
     assert "not valid JSON" in error_of(infer(client, "{"), 400)
     assert "is not valid JSON" not in error_of(infer(client, "[1]"), 400)
     too_many = error_of(infer(client, {"inputs": tensors([PASSENGER] * 6)}), 413)
     assert "MAX_BATCH_ROWS" in too_many
-    binary = infer(
-        client, {"inputs": tensors([PASSENGER])}, headers={"Inference-Header-Content-Length": "9"}
-    )
-    assert "binary_data=False" in error_of(binary, 400)
     no_probabilities = {
         "inputs": [{"name": "height", "datatype": "INT64", "shape": [1], "data": [65]}],
         "outputs": [{"name": "probabilities"}],

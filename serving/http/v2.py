@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from serving import dataplane, inference_v2
+from serving import binary_tensors, dataplane, inference_v2
 from serving.batch import render
 from serving.batch.budget import CpuBudget
 from serving.batch.rows import JsonRows
@@ -33,7 +33,7 @@ from serving.errors import (
 from serving.http import bodies, health
 from serving.http.context import annotate, lifecycle, registry, services
 from serving.lifecycle import ARCHIVED, PRODUCTION
-from serving.payloads import id_key, parse_json
+from serving.payloads import id_key
 from serving.registry import version_order
 from serving.runtime import LoadedModel
 
@@ -62,8 +62,12 @@ _short_errors(infer_blueprint)
 
 @blueprint.get("")
 def server_metadata() -> dict[str, Any]:
-    """Server metadata: name, version and protocol extensions (none)."""
-    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+    """Server metadata: name, version and protocol extensions (Triton's binary tensor data)."""
+    return {
+        "name": SERVER_NAME,
+        "version": SERVER_VERSION,
+        "extensions": [binary_tensors.EXTENSION],
+    }
 
 
 @blueprint.get("/health/live")
@@ -108,17 +112,17 @@ def version_ready(endpoint: str, version: str) -> tuple[dict[str, Any], int, dic
 
 
 @infer_blueprint.post("/models/<endpoint>/infer")
-def infer(endpoint: str) -> dict[str, Any]:
+def infer(endpoint: str) -> dict[str, Any] | Response:
     """Score, store and answer rows sent as one tensor per column (pandas codec).
 
     Routed as /predict: the production version, or the running A/B test's arm for each row's
     id. One row is the request's `id`; n rows are `parameters.observation_ids`, else
-    `<id>-<row>`."""
+    `<id>-<row>`. Tensors may come, and outputs go, as Triton's binary tensor data."""
     return _infer(endpoint, None)
 
 
 @infer_blueprint.post("/models/<endpoint>/versions/<version>/infer")
-def infer_version(endpoint: str, version: str) -> dict[str, Any]:
+def infer_version(endpoint: str, version: str) -> dict[str, Any] | Response:
     """Score, store and answer rows with this version (as /predict?version=)."""
     return _infer(endpoint, version)
 
@@ -165,14 +169,14 @@ def _ready(endpoint: str, version: str | None) -> tuple[dict[str, Any], int, dic
     return answer, 200, {}
 
 
-def _infer(endpoint: str, version: str | None) -> dict[str, Any]:
+def _infer(endpoint: str, version: str | None) -> dict[str, Any] | Response:
     # The model first: an unknown one is 404 whatever the body holds.
     model = registry().resolve(endpoint, lifecycle().statuses(), version=version)
-    if request.headers.get("Inference-Header-Content-Length") is not None:
-        raise inference_v2.binary_refused()
     settings = current_app.config["SETTINGS"]
+    # The limit is the whole body's, binary tensor data included.
     raw = bodies.read(settings.max_batch_body_bytes, "MAX_BATCH_BODY_BYTES")
-    decoded = inference_v2.decode(parse_json(raw), model.schema, settings.http_batch_max_rows)
+    body = binary_tensors.read_request(raw, request.headers.get(binary_tensors.HEADER))
+    decoded = inference_v2.decode(body, model.schema, settings.http_batch_max_rows)
     inference_v2.check_outputs(decoded, model.task)
     annotate(endpoint=endpoint, rows=len(decoded), observation_id=decoded.id)
     if len(decoded) == 1:
@@ -192,8 +196,17 @@ def _infer(endpoint: str, version: str | None) -> dict[str, Any]:
     versions = sorted({str(a["model_version"]) for a in answers}, key=version_order)
     annotate(model_version=",".join(versions))
     answered = registry().find(endpoint, versions[0]) or model
-    return inference_v2.encode(
+    response = inference_v2.encode(
         endpoint, decoded, answers, answered.classes, answered.positive_class
+    )
+    framed = binary_tensors.frame_response(response, decoded.binary_outputs)
+    if framed is None:
+        return response
+    content, header_length = framed
+    return Response(
+        content,
+        content_type=binary_tensors.MEDIA_TYPE,
+        headers={binary_tensors.HEADER: str(header_length)},
     )
 
 
