@@ -1,9 +1,8 @@
-"""The Open Inference Protocol against a live gunicorn with a real client, tritonclient[http]:
-answers equal to the income pipeline's own predict_proba, and the rows in the prediction log.
+"""The Open Inference Protocol against a live gunicorn with a real client, tritonclient[http],
+used with its defaults (binary tensor data in, binary outputs asked) and in JSON: answers
+equal to the income pipeline's own predict_proba, and the rows in the prediction log.
 
-KServe's InferenceRESTClient is not used: every kserve release that has it (0.13 to 0.21)
-requires python-dateutil<3 and pandas<3 or numpy<2, and this project pins python-dateutil
-4.0.0, pandas 3.1.1 and numpy 2.4.6."""
+KServe's InferenceRESTClient runs from its own virtualenv: tests/test_v2_kserve.py."""
 
 from __future__ import annotations
 
@@ -40,8 +39,9 @@ def holdout(model: LoadedModel, complete: bool = True) -> pd.DataFrame:
     return (frame.dropna() if complete else frame).head(ROWS).reset_index(drop=True)
 
 
-def triton_inputs(frame: pd.DataFrame, binary: bool = False) -> list[triton.InferInput]:
-    """One InferInput per column, as a tritonclient user builds them from a DataFrame."""
+def triton_inputs(frame: pd.DataFrame, binary: bool = True) -> list[triton.InferInput]:
+    """One InferInput per column, as a tritonclient user builds them from a DataFrame
+    (binary tensor data unless `binary` is False)."""
     inputs = []
     for name in frame.columns:
         column = frame[name]
@@ -50,7 +50,10 @@ def triton_inputs(frame: pd.DataFrame, binary: bool = False) -> list[triton.Infe
         else:
             array, datatype = column.to_numpy(dtype=object), "BYTES"
         tensor = triton.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=binary)
+        if binary:
+            tensor.set_data_from_numpy(array)  # tritonclient's default: binary_data=True
+        else:
+            tensor.set_data_from_numpy(array, binary_data=False)
         inputs.append(tensor)
     return inputs
 
@@ -66,31 +69,44 @@ def test_tritonclient_infers_as_the_pipeline_and_the_rows_are_logged(
         assert client.is_server_ready()
         assert client.is_model_ready("income")
         assert client.is_model_ready("income", "2")
-        assert client.get_server_metadata()["name"] == "sklearn-serving"
+        server_metadata = client.get_server_metadata()
+        assert server_metadata["name"] == "sklearn-serving"
+        assert server_metadata["extensions"] == ["binary_tensor_data"]
         metadata = client.get_model_metadata("income")
         assert [i["name"] for i in metadata["inputs"]] == model.columns
 
-        outputs = [
-            triton.InferRequestedOutput(name, binary_data=False)
-            for name in ("probabilities", "prediction", "observation_id")
-        ]
+        # tritonclient's defaults: binary inputs, and each requested output in binary.
+        names = ("probabilities", "prediction", "observation_id")
+        outputs = [triton.InferRequestedOutput(name) for name in names]
         result = client.infer("income", triton_inputs(frame), request_id="live", outputs=outputs)
         probabilities = result.as_numpy("probabilities")
         assert probabilities.shape == (ROWS, 2)
         np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-9)
-        classes = result.get_output("probabilities")["parameters"]["classes"]
+        binary = result.get_output("probabilities")["parameters"]
+        assert binary["binary_data_size"] == ROWS * 2 * 8
+        classes = binary["classes"]
         assert classes == [str(c) for c in model.pipeline.classes_]
-        labels = [str(v) for v in result.as_numpy("prediction")]
+        labels = [v.decode() for v in result.as_numpy("prediction")]
         assert labels == [classes[k] for k in expected.argmax(axis=1)]
-        ids = [str(v) for v in result.as_numpy("observation_id")]
+        ids = [v.decode() for v in result.as_numpy("observation_id")]
         assert ids == [f"live-{i}" for i in range(ROWS)]
         assert result.get_response()["id"] == "live"
 
-        # Without requested outputs tritonclient asks for binary ones; JSON comes back, and
-        # it reads it all the same. One row: the request id is the observation id.
+        # Without requested outputs tritonclient asks for all in binary (binary_data_output).
+        # One row: the request id is the observation id.
         single = client.infer("income", triton_inputs(frame.head(1)), request_id="live-one")
         np.testing.assert_allclose(single.as_numpy("probabilities"), expected[:1], atol=1e-9)
+        assert single.as_numpy("model_version").tolist() == [b"1"]
+        assert all("data" not in o for o in single.get_response()["outputs"])
         assert single.get_response()["model_version"] == "1"
+
+        # All JSON (binary_data=False both ways): the same answers, as JSON tensors.
+        json_outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in names]
+        plain = client.infer(
+            "income", triton_inputs(frame, binary=False), request_id="live", outputs=json_outputs
+        )
+        assert "binary_data_size" not in plain.get_output("probabilities")["parameters"]
+        np.testing.assert_array_equal(plain.as_numpy("probabilities"), probabilities)
 
         # Every row is in the prediction log: /update finds it, with what was answered.
         for i, observation_id in enumerate([*ids, "live-one"]):
@@ -104,12 +120,10 @@ def test_tritonclient_infers_as_the_pipeline_and_the_rows_are_logged(
             assert stored["model_version"] == "1"
             assert stored["proba"] == pytest.approx(expected[i % ROWS][1], abs=1e-9)
 
-        # The same request again replays the stored answers; binary tensors are refused
-        # with the way out.
+        # The same request again replays the stored answers; a model that is not served is
+        # the server's sentence.
         again = client.infer("income", triton_inputs(frame), request_id="live", outputs=outputs)
         np.testing.assert_array_equal(again.as_numpy("probabilities"), probabilities)
-        with pytest.raises(InferenceServerException, match="binary_data=False"):
-            client.infer("income", triton_inputs(frame, binary=True), request_id="bin")
         with pytest.raises(InferenceServerException, match="no endpoint named 'nope'"):
             client.get_model_metadata("nope")
 

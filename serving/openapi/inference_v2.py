@@ -56,9 +56,26 @@ INFERENCE_REQUEST = obj(
     parameters=obj(
         content_type={"enum": ["pd"], "description": "The pandas codec, the only one."},
         observation_ids=array(ref("ObservationId"), description="One id per row."),
+        binary_data_output={
+            "type": "boolean",
+            "description": "Every output as binary tensor data, unless its own "
+            "`parameters.binary_data` says otherwise.",
+        },
     ),
     inputs=array(ref("InferenceRequestInput"), minItems=1),
-    outputs=array(obj(["name"], name={"enum": list(OUTPUTS)}, parameters=PARAMETERS)),
+    outputs=array(
+        obj(
+            ["name"],
+            name={"enum": list(OUTPUTS)},
+            parameters=obj(
+                binary_data={
+                    "type": "boolean",
+                    "description": "This output as binary tensor data (the answer is then "
+                    "application/octet-stream).",
+                }
+            ),
+        )
+    ),
 )
 
 RESPONSE_OUTPUT = obj(

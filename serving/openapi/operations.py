@@ -30,6 +30,7 @@ from serving.openapi.components import (
 MODEL = "{model}"
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
 CSV = "text/csv"
 HTML = "text/html"
 
@@ -218,12 +219,43 @@ V2_READY = (
         RETRY,
     ),
 )
-V2_INFER_BODY = json_body(ref("InferenceRequest"))
-V2_INFER_REPLY = json_reply(ref("InferenceResponse"), description="The outputs; rows stored.")
+# Triton's binary tensor data extension: a JSON part of Inference-Header-Content-Length
+# bytes, then raw tensor bytes. OpenAPI cannot describe the JSON part inside it, so the
+# binary form is a second media type with its framing in the descriptions.
+BINARY_FRAMING = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "A JSON part (the InferenceRequest or InferenceResponse, each binary "
+        "tensor with `parameters.binary_data_size` instead of `data`), then each binary "
+        "tensor's bytes in tensor order; the Inference-Header-Content-Length header gives "
+        "the JSON part's length.",
+    }
+}
+V2_INFER_BODY = Body(
+    {JSON: {"schema": ref("InferenceRequest")}, BINARY: BINARY_FRAMING},
+    description="JSON, or Triton's binary tensor data extension (application/octet-stream, "
+    "with the Inference-Header-Content-Length header).",
+)
+V2_INFER_REPLY = Reply(
+    200,
+    {JSON: {"schema": ref("InferenceResponse")}, BINARY: BINARY_FRAMING},
+    "The outputs; rows stored. Binary (application/octet-stream) when an output asks for "
+    "it: `parameters.binary_data` true, or the request's `parameters.binary_data_output`.",
+    {
+        "Inference-Header-Content-Length": {
+            "description": "In a binary answer: the length of its JSON part in bytes.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+)
 V2_INFER_DESCRIPTION = (
     "One input per model column (pandas codec), datatype as the model metadata says, shape "
     "[n] or [n, 1]. A row whose id is stored with another observation is 409 (the others "
-    "are stored); an invalid row refuses the request with nothing stored."
+    "are stored); an invalid row refuses the request with nothing stored. Tensors may be "
+    "sent, and outputs asked, as Triton's binary tensor data: little-endian, row-major, BOOL "
+    "one byte, BYTES a 4-byte little-endian length then the bytes; the sizes must add up to "
+    "the body (400 naming the input otherwise). MAX_BATCH_BODY_BYTES counts the whole body."
 )
 
 OPERATIONS: dict[str, Operation] = {
