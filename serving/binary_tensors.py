@@ -78,7 +78,7 @@ def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     text = header_length.strip()
     if not (text.isascii() and text.isdigit()):
         raise BadRequest(
-            f"The {HEADER} header is {header_length!r}; it must be the length of the JSON "
+            f"The {HEADER} header is {_short(header_length)}; it must be the length of the JSON "
             f"part in bytes, a whole number from 1 to the body's length ({len(raw)})."
         )
     length = int(text)
@@ -104,7 +104,7 @@ def _attach(body: Any, tail: bytes, framed: bool) -> Any:
         size = parameters[SIZE]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequest(
-                f"Input {name!r}: 'parameters.{SIZE}' is {size!r}; it must be a whole number "
+                f"Input {name!r}: 'parameters.{SIZE}' is {_short(size)}; it must be a whole number "
                 "of bytes (0 or more)."
             )
         if "data" in tensor:
@@ -137,6 +137,12 @@ def _attach(body: Any, tail: bytes, framed: bool) -> Any:
         parameters = {k: v for k, v in tensor["parameters"].items() if k != SIZE}
         decoded[position] = {**tensor, "parameters": parameters, "data": values}
     return {**body, "inputs": decoded}
+
+
+def _short(value: Any) -> str:
+    """A value as an error message shows it: its repr, cut to a readable length."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _elements(shape: Any) -> int | None:
