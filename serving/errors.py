@@ -101,11 +101,33 @@ def detail(field: str, problem: str) -> dict[str, str]:
     return {"field": field, "problem": problem}
 
 
-def _render(error: ServiceError) -> Response:
-    response = jsonify(error.to_dict())
+def _render(error: ServiceError, body: dict[str, Any] | None = None) -> Response:
+    response = jsonify(error.to_dict() if body is None else body)
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
+
+
+def render_http_exception(error: HTTPException, max_bytes: int, short: bool = False) -> Response:
+    """Flask's own HTTP error (404 of no route, 405, 413 over MAX_CONTENT_LENGTH) as ours;
+    `short`: the body is `{"error": ...}` alone, as the Open Inference Protocol has it."""
+    status = error.code or 500
+    mapped = ServiceError(error.description or error.name)
+    mapped.status = status
+    if status == 503:
+        mapped = Unavailable(error.description or error.name)
+    if status == 413:
+        mapped = PayloadTooLarge(f"The request body is larger than the limit of {max_bytes} bytes.")
+    response = _render(mapped, {"error": mapped.message} if short else None)
+    if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+    return response
+
+
+def render_short(error: ServiceError) -> Response:
+    """An error as the Open Inference Protocol renders it: `{"error": "<sentence>"}`, with
+    the status and headers it has everywhere else."""
+    return _render(error, {"error": error.message})
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -117,20 +139,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException) -> Response:
-        status = error.code or 500
-        mapped = ServiceError(error.description or error.name)
-        mapped.status = status
-        if status == 503:
-            mapped = Unavailable(error.description or error.name)
-        if status == 413:
-            mapped = PayloadTooLarge(
-                f"The request body is larger than the limit of "
-                f"{app.config['MAX_CONTENT_LENGTH']} bytes."
-            )
-        response = _render(mapped)
-        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
-            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-        return response
+        return render_http_exception(error, app.config["MAX_CONTENT_LENGTH"])
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:

@@ -18,16 +18,19 @@ from serving.http import (
     publishing,
     quality,
     retraining,
+    v2,
 )
 
 # The blueprints whose every route is a prediction route.
-CLIENT_BLUEPRINTS = frozenset({predictions.blueprint.name, batch.blueprint.name})
+CLIENT_BLUEPRINTS = frozenset(
+    {predictions.blueprint.name, batch.blueprint.name, v2.infer_blueprint.name}
+)
 
 
 def register_blueprints(app: Flask) -> None:
     """Attach every API blueprint to the app (the dashboard's is the factory's)."""
 
-    # The prediction routes (single, update, batch; tutorial and /api/v1 forms) check the
+    # The prediction routes (single, update, batch, v2 infer; tutorial and /api/v1 forms) check the
     # client first, before any body is read (nothing to check while PREDICT_AUTH is off).
     @app.before_request
     def check_client() -> None:
@@ -45,3 +48,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(drift.blueprint)
     app.register_blueprint(docs.blueprint)
+    app.register_blueprint(v2.blueprint)
+    app.register_blueprint(v2.infer_blueprint)

@@ -33,6 +33,16 @@ def ready() -> tuple[dict[str, Any], int, dict[str, str]]:
     Anyone may probe it, so the answer says only how each part is; why (a driver error naming
     the database's host and port, model folders) goes to the log, and to the admin token.
     """
+    ok, checks, why = readiness()
+    answer: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks}
+    if not ok and _admin():
+        answer["detail"] = why
+    return answer, 200 if ok else 503, {} if ok else dict(Unavailable.headers)
+
+
+def readiness() -> tuple[bool, dict[str, Any], dict[str, Any]]:
+    """Whether the database answers at the latest schema and a model is loaded; each part's
+    state; and why a part is not ready (logged here, shown only to the admin)."""
     checks: dict[str, Any] = {"models_loaded": len(registry())}
     why: dict[str, Any] = {}
     if registry().broken:
@@ -52,12 +62,9 @@ def ready() -> tuple[dict[str, Any], int, dict[str, str]]:
         checks["database"] = "busy" if busy else "unreachable"
         why["database"] = str(exc.__cause__ or exc).strip().splitlines()[:1]
     ok = checks["database"] == "ok" and checks["models_loaded"] > 0
-    answer: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks}
     if not ok:
         logger.warning("not ready", extra={"checks": checks, **why})
-        if _admin():
-            answer["detail"] = why
-    return answer, 200 if ok else 503, {} if ok else dict(Unavailable.headers)
+    return ok, checks, why
 
 
 def _admin() -> bool:

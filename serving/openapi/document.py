@@ -11,6 +11,7 @@ from typing import Any
 from werkzeug.routing import Map
 
 from serving.config import Settings
+from serving.openapi import inference_v2
 from serving.openapi.components import (
     ADMIN,
     CLIENT,
@@ -36,7 +37,9 @@ shadow versions, quality from ground truth and drift.
 Each served endpoint has its own `/api/v1/<name>/predict`, `/update` and `/predict/batch`
 paths whose request schemas are its models' real input schemas; the `/api/v1/{endpoint}/…`
 paths describe the same routes for any endpoint. Every error has one JSON shape, `Error`:
-`{"error": "<sentence>", "details": [{"field": ..., "problem": ...}]}`.
+`{"error": "<sentence>", "details": [{"field": ..., "problem": ...}]}`, except on the
+Open Inference Protocol's `/v2` routes, whose errors are `{"error": "<sentence>"}`
+(`InferenceError`) as that protocol has them.
 """
 
 
@@ -54,7 +57,12 @@ def build(
     endpoints = sorted(registry.models)
     versions = sorted({v for vs in registry.models.values() for v in vs}, key=version_order)
     rows = settings.http_batch_max_rows
-    schemas = {**SCHEMAS, **generic_components(rows), "AbTestStart": ab_test_start(versions)}
+    schemas = {
+        **SCHEMAS,
+        **inference_v2.SCHEMAS,
+        **generic_components(rows),
+        "AbTestStart": ab_test_start(versions),
+    }
     for endpoint in endpoints:
         schemas.update(endpoint_components(endpoint, registry.models[endpoint], rows))
     default = settings.default_endpoint
@@ -94,7 +102,7 @@ def build(
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "responses": error_responses(),
+            "responses": error_responses() | inference_v2.error_responses(_v2_errors(secured)),
             "parameters": parameters(endpoints, versions),
             "headers": HEADERS,
             "securitySchemes": (
@@ -104,6 +112,12 @@ def build(
             ),
         },
     }
+
+
+def _v2_errors(client_auth: bool) -> set[int]:
+    """The error statuses the v2 operations list (401 and 403 with client authentication)."""
+    listed = {s for o in OPERATIONS.values() if o.short_errors for s in o.errors}
+    return listed | ({401, 403} if client_auth else set())
 
 
 def _path(rule: str) -> str:
@@ -164,8 +178,9 @@ def _operation(
         responses[str(reply.status)] = _response(reply)
     secured = operation.admin or (operation.client and client_auth)
     statuses = set(operation.errors) | ({401, 403} if secured else set())
+    prefix = inference_v2.PREFIX if operation.short_errors else ""
     for status in sorted(statuses):
-        responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+        responses[str(status)] = {"$ref": f"#/components/responses/{prefix}{ERRORS[status][0]}"}
     out["responses"] = responses
     if operation.admin:
         out["security"] = [{ADMIN: []}]

@@ -31,6 +31,7 @@ from serving.openapi.components import (
 MODEL = "{model}"
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
 CSV = "text/csv"
 HTML = "text/html"
 
@@ -83,6 +84,8 @@ class Operation:
     path_parameters: dict[str, str] = field(default_factory=dict)
     # Other answers that are not errors (such as /ready's 503).
     more: tuple[Reply, ...] = ()
+    # Errors as the Open Inference Protocol has them, `{"error": ...}` (the v2 routes).
+    short_errors: bool = False
 
 
 def json_reply(schema: dict[str, Any], status: int = 200, description: str = "OK") -> Reply:
@@ -238,12 +241,67 @@ TAGS = {
     "operations": "Probes and metrics.",
     "documentation": "This document and its interactive view.",
     "dashboard": "HTML pages for people.",
+    "open inference protocol (v2)": "KServe's Open Inference Protocol (v2 REST): health, "
+    "metadata, infer.",
     "endpoints and versions": "Endpoints, their versions and statuses, model metadata.",
     "quality and drift": "Quality from ground truth, and inputs against training.",
     "A/B tests and shadows": "Comparing versions on live traffic.",
 }
 
 STATUS = {"enum": [*STATUSES, None]}
+
+
+def v2(reply: Reply, errors: tuple[int, ...] = (), **more: Any) -> Operation:
+    """An Open Inference Protocol operation: its own tag and error shape."""
+    return Operation("open inference protocol (v2)", reply, errors, short_errors=True, **more)
+
+
+V2_READY = (
+    Reply(
+        503,
+        {JSON: {"schema": ref("ModelReady")}},
+        "Known but not answering: no production version, or the version is archived.",
+        RETRY,
+    ),
+)
+# Triton's binary tensor data extension: a JSON part of Inference-Header-Content-Length
+# bytes, then raw tensor bytes. OpenAPI cannot describe the JSON part inside it, so the
+# binary form is a second media type with its framing in the descriptions.
+BINARY_FRAMING = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "A JSON part (the InferenceRequest or InferenceResponse, each binary "
+        "tensor with `parameters.binary_data_size` instead of `data`), then each binary "
+        "tensor's bytes in tensor order; the Inference-Header-Content-Length header gives "
+        "the JSON part's length.",
+    }
+}
+V2_INFER_BODY = Body(
+    {JSON: {"schema": ref("InferenceRequest")}, BINARY: BINARY_FRAMING},
+    description="JSON, or Triton's binary tensor data extension (application/octet-stream, "
+    "with the Inference-Header-Content-Length header).",
+)
+V2_INFER_REPLY = Reply(
+    200,
+    {JSON: {"schema": ref("InferenceResponse")}, BINARY: BINARY_FRAMING},
+    "The outputs; rows stored. Binary (application/octet-stream) when an output asks for "
+    "it: `parameters.binary_data` true, or the request's `parameters.binary_data_output`.",
+    {
+        "Inference-Header-Content-Length": {
+            "description": "In a binary answer: the length of its JSON part in bytes.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+)
+V2_INFER_DESCRIPTION = (
+    "One input per model column (pandas codec), datatype as the model metadata says, shape "
+    "[n] or [n, 1]. A row whose id is stored with another observation is 409 (the others "
+    "are stored); an invalid row refuses the request with nothing stored. Tensors may be "
+    "sent, and outputs asked, as Triton's binary tensor data: little-endian, row-major, BOOL "
+    "one byte, BYTES a 4-byte little-endian length then the bytes; the sizes must add up to "
+    "the body (400 naming the input otherwise). MAX_BATCH_BODY_BYTES counts the whole body."
+)
 
 OPERATIONS: dict[str, Operation] = {
     # The tutorial routes, served by the default endpoint.
@@ -549,5 +607,30 @@ OPERATIONS: dict[str, Operation] = {
         json_body(ref("RetrainRequest"), required=False),
         admin=True,
         more=(json_reply(ref("RetrainReport"), 200, "Registered already, from the same inputs."),),
+    ),
+    # The Open Inference Protocol (v2 REST).
+    "v2.server_metadata": v2(json_reply(ref("ServerMetadata"))),
+    "v2.server_live": v2(json_reply(ref("ServerLive"))),
+    "v2.server_ready": v2(
+        json_reply(ref("ServerReady")),
+        more=(Reply(503, {JSON: {"schema": ref("ServerReady")}}, "Not ready.", RETRY),),
+    ),
+    "v2.model_metadata": v2(json_reply(ref("ModelMetadata")), (404, 503)),
+    "v2.version_metadata": v2(json_reply(ref("ModelMetadata")), (404, 503)),
+    "v2.model_ready": v2(json_reply(ref("ModelReady")), (404,), more=V2_READY),
+    "v2.version_ready": v2(json_reply(ref("ModelReady")), (404,), more=V2_READY),
+    "v2_infer.infer": v2(
+        V2_INFER_REPLY,
+        SCORING,
+        body=V2_INFER_BODY,
+        client=True,
+        description=V2_INFER_DESCRIPTION,
+    ),
+    "v2_infer.infer_version": v2(
+        V2_INFER_REPLY,
+        SCORING,
+        body=V2_INFER_BODY,
+        client=True,
+        description=V2_INFER_DESCRIPTION,
     ),
 }
