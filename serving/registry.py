@@ -13,6 +13,7 @@ from serving import folders
 from serving.config import Settings
 from serving.digests import DigestError, Manifest, manifest_key
 from serving.errors import Conflict, NotFound, detail
+from serving.folders import version_order
 from serving.lifecycle import ARCHIVED, PRODUCTION, TESTING, check_status
 from serving.runtime import (
     COLUMNS_FILE,
@@ -235,8 +236,3 @@ class Registry:
 def valid_name(name: str) -> bool:
     """Whether an endpoint or version name is one the registry serves."""
     return bool(_NAME.match(name))
-
-
-def version_order(version: str) -> tuple[int, int | str]:
-    """Sort key: "10" after "9"; non-numeric versions after numeric ones, by text."""
-    return (0, int(version)) if version.isdigit() else (1, version)
