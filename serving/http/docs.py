@@ -9,7 +9,6 @@ import flask_swagger_ui
 from flask import Blueprint, Response, current_app, send_from_directory, url_for
 from markupsafe import escape
 
-from serving import openapi
 from serving.http.context import registry
 
 blueprint = Blueprint("docs", __name__)
@@ -49,6 +48,8 @@ PAGE = """<!DOCTYPE html>
 def document() -> dict[str, Any]:
     """The app's OpenAPI document, built once per process: the models are loaded at start
     and never change after."""
+    from serving import openapi  # imported at start-up: see serving.http
+
     extensions = current_app.extensions
     if "openapi" not in extensions:
         extensions["openapi"] = openapi.build(
