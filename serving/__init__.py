@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
 
-from serving import cli, database, dataplane, hot_loading, logs, migrations
+from serving import cli, database, logs, migrations
 from serving.config import Settings
 from serving.dashboard import views as dashboard
 from serving.errors import register_error_handlers
-from serving.experiments import Experiments
 from serving.http import register_blueprints
 from serving.lifecycle import Lifecycle
-from serving.packaging import package
 from serving.predictions import Writer
-from serving.registry import Registry
 from serving.scoring import Scorer
-from serving.shadows import Shadows
+
+if TYPE_CHECKING:
+    from serving.packaging import package
+    from serving.registry import Registry
 
 __all__ = ["create_app", "load_models", "package"]
+
+# What a request can need beyond the routes themselves, which import it lazily (see
+# serving.http): the data plane and what it scores, stores and measures with (NumPy, pandas,
+# SciPy, scikit-learn), batch rows and answers, drift, the OpenAPI document, the dashboard's
+# pages, the retrain job. Imported by `load_models` when it loads every endpoint, as serving
+# does: gunicorn builds the app before it forks its workers (preload_app), so they inherit
+# these modules and no first request pays seconds for them. A `flask` command that loads one
+# endpoint (score, retrain) imports what it uses; one that loads none (set-status, routes,
+# keys, --help) never imports them and starts in a fraction of a second.
+REQUEST_MODULES = (
+    "serving.dataplane",
+    "serving.batch.render",
+    "serving.batch.rows",
+    "serving.quality",
+    "serving.drift",
+    "serving.openapi",
+    "serving.dashboard.pages",
+    "serving.retraining.job",
+    "serving.inference_v2",
+    "serving.binary_tensors",
+    "serving.batch.budget",
+    "serving.publishing",
+)
 
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
@@ -69,6 +94,15 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
     """Migrate the database (unless MIGRATE_ON_START is off) and load the models, once per app:
     every endpoint, or only `endpoints` for a command that needs no others. A broken model
     folder stops here with a sentence naming it."""
+    # Here, not at the top: a command that loads no model never imports them (REQUEST_MODULES).
+    from serving import dataplane, hot_loading
+    from serving.experiments import Experiments
+    from serving.registry import Registry
+    from serving.shadows import Shadows
+
+    if endpoints is None:
+        for name in REQUEST_MODULES:
+            importlib.import_module(name)
     with _loading:
         if "registry" in app.extensions:
             return app.extensions["registry"]
@@ -103,3 +137,13 @@ def _under_flask_command_line() -> bool:
     # The `flask` command imports the app inside its click context; gunicorn, `python app.py`
     # and tests build it outside one.
     return click.get_current_context(silent=True) is not None
+
+
+def __getattr__(name: str) -> Any:
+    # `from serving import package` (the notebooks' and the README's) without importing
+    # scikit-learn and pandas for every `flask` command: packaging loads when first asked for.
+    if name == "package":
+        from serving.packaging import package
+
+        return package
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

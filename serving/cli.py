@@ -14,9 +14,9 @@ from serving import database, digests, folders, migrations
 from serving.batch.command import score_command
 from serving.clients import keys_command
 from serving.errors import ServiceError
+from serving.folders import version_order
 from serving.lifecycle import STATUSES, Lifecycle
 from serving.model_commands import models_group
-from serving.registry import version_order
 from serving.retraining.command import retrain_command
 
 

@@ -20,6 +20,10 @@ from typing import Any
 _PRODUCTION, _TESTING = "production", "testing"
 METADATA_FILE = "model.json"
 PIPELINE_FILES = ("pipeline.pickle", "pipeline.skops")
+# What model.json may say: the pipeline's file format, and what an input outside the
+# training range gets (a warning or a 422).
+FORMATS = ("pickle", "skops")
+OUT_OF_RANGE = ("warn", "reject")
 
 
 def visible_dirs(folder: Path) -> list[Path]:
@@ -86,3 +90,8 @@ def next_version(endpoint_dir: Path) -> str:
     non-numeric versions do not count."""
     numbers = [int(p.name) for p in visible_dirs(endpoint_dir) if p.name.isdigit()]
     return str(max(numbers, default=0) + 1)
+
+
+def version_order(version: str) -> tuple[int, int | str]:
+    """Sort key: "10" after "9"; non-numeric versions after numeric ones, by text."""
+    return (0, int(version)) if version.isdigit() else (1, version)

@@ -1,27 +1,27 @@
 """`flask models`: turn a saved pipeline into a model folder, check a folder before it is
-deployed, and publish one to a running deployment (`push`, in serving.publish_command)."""
+deployed, and publish one to a running deployment (`push`, in serving.publish_command).
+
+What needs pandas or scikit-learn (packaging, the model loader, joblib) is imported inside the
+command that uses it: every `flask` command, `--help` too, defines this group."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import joblib
-import pandas as pd
 from flask import current_app
 from flask.cli import AppGroup
 
 from serving import skops_format
-from serving.compiled import NotCompilable, reference_rows
-from serving.folders import read_metadata
+from serving.folders import FORMATS, OUT_OF_RANGE, read_metadata
 from serving.lifecycle import STATUSES
-from serving.packaging import FORMATS, OUT_OF_RANGE, PackagingError, package
 from serving.publish_command import push_command
-from serving.registry import Registry
-from serving.runtime import ModelLoadError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -93,6 +93,8 @@ def add_command(
     The training data is read as pandas reads it (the dtypes a pipeline fitted on
     pd.read_csv's frame expects) and narrowed to the columns the pipeline was fitted on; the
     folder gets its dtypes, columns, profile and, with --holdout-data, holdout metrics."""
+    from serving.packaging import PackagingError, package
+
     pipeline = _read_pipeline(file)
     frame = _read_frame(training_data)
     features = _features(pipeline, frame, target, training_data)
@@ -149,6 +151,10 @@ def check_command(folder: Path) -> None:
     prediction on rows built from its training profile. FOLDER is read as
     <endpoint>/<version> from its last two path parts (the root model folder as the default
     endpoint). Exits 1 with the reason when it would not load."""
+    from serving.compiled import NotCompilable, reference_rows
+    from serving.registry import Registry
+    from serving.runtime import ModelLoadError
+
     settings = current_app.config["SETTINGS"]
     root = folder.resolve() == Path(settings.root_model_dir).resolve()
     endpoint = settings.default_endpoint if root else folder.resolve().parent.name
@@ -200,6 +206,8 @@ def _read_pipeline(file: Path) -> Any:
     try:
         data = file.read_bytes()
         if file.suffix != ".skops":
+            import joblib
+
             return joblib.load(io.BytesIO(data))
         import skops.io
 
@@ -226,6 +234,8 @@ def _read_pipeline(file: Path) -> Any:
 
 def _read_frame(path: Path) -> pd.DataFrame:
     """A CSV as pandas reads it by default; Parquet when pyarrow (or fastparquet) is here."""
+    import pandas as pd
+
     if path.suffix.lower() in PARQUET_SUFFIXES:
         if not any(importlib.util.find_spec(m) for m in ("pyarrow", "fastparquet")):
             raise click.ClickException(

@@ -38,12 +38,11 @@ from sklearn.utils.validation import check_is_fitted
 from serving import artifacts, fit_metrics, folders, profile, skops_format
 from serving.artifacts import Format
 from serving.config import Settings
+from serving.folders import FORMATS, OUT_OF_RANGE
 from serving.lifecycle import PRODUCTION, STATUSES, TESTING
 from serving.registry import valid_name
 from serving.runtime import LoadedModel, ModelLoadError
 
-FORMATS = ("pickle", "skops")
-OUT_OF_RANGE = ("warn", "reject")
 # Rows of X_train the pipeline must score before anything is written, and again once the
 # folder is loaded back: enough to reach most categories, few enough to cost nothing.
 SAMPLE_ROWS = 200

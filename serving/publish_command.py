@@ -15,11 +15,11 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from serving import database, migrations, publishing
+from serving import database, migrations
 from serving.config import Settings
 from serving.digests import MODEL_FILES
 from serving.errors import ServiceError
-from serving.runtime import METADATA_FILE
+from serving.folders import METADATA_FILE
 
 
 @click.command("push")
@@ -57,6 +57,8 @@ def push_command(
     if url:
         answer = _push_over_http(url, token or settings.admin_token, endpoint, version, files, by)
     else:
+        from serving import publishing  # loads the version: see serving.model_commands
+
         try:
             if settings.migrate_on_start:
                 migrations.migrate()

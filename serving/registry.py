@@ -14,6 +14,7 @@ from serving import folders
 from serving.config import Settings
 from serving.digests import DigestError, Manifest, manifest_key
 from serving.errors import Conflict, NotFound, detail
+from serving.folders import version_order
 from serving.lifecycle import ARCHIVED, PRODUCTION, TESTING, check_status
 from serving.runtime import (
     COLUMNS_FILE,
@@ -307,8 +308,3 @@ def check_metadata(model: LoadedModel, where: str, version: str | None, named: s
         raise ModelLoadError(f"{where}: unknown initial_status {status!r}")
     if model.metadata.get("out_of_range", "warn") not in ("warn", "reject"):
         raise ModelLoadError(f"{where}: out_of_range must be 'warn' or 'reject'")
-
-
-def version_order(version: str) -> tuple[int, int | str]:
-    """Sort key: "10" after "9"; non-numeric versions after numeric ones, by text."""
-    return (0, int(version)) if version.isdigit() else (1, version)

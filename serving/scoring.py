@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.batching import MicroBatcher
-from serving.runtime import LoadedModel, Score
+
+if TYPE_CHECKING:  # the app makes its Scorer before any model (or NumPy) is loaded
+    from serving.runtime import LoadedModel, Score
 
 
 class Scorer:

@@ -5,3 +5,7 @@ rows.py reads the input (JSON array or CSV) and its ids, cells.py reads CSV cell
 values, core.py routes, checks, scores and answers rows, render.py writes the answers as JSON
 or CSV, files.py streams a large file with resumable progress, command.py is `flask score`.
 """
+
+# The column of a CSV batch that holds each row's id (echoed in its answer); here, not in
+# rows.py, so that `flask score`'s options are defined without importing pandas.
+ID_COLUMN = "id"

@@ -5,18 +5,20 @@ from __future__ import annotations
 import gc
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
 import serving
-from serving import database, dataplane
-from serving.batch import render
-from serving.batch.files import Refused, score_file
-from serving.batch.rows import ID_COLUMN, Rows
+from serving import database
+from serving.batch import ID_COLUMN
 from serving.errors import ServiceError
-from serving.runtime import ModelLoadError
+
+if TYPE_CHECKING:
+    from serving.batch.rows import Rows
+    from serving.dataplane import PreparedBatch
 
 
 @click.command("score")
@@ -56,6 +58,13 @@ def score_command(
     Each chunk of rows is stored in one transaction before its answers are written, so an
     interrupted run resumes where it stopped when run again with the same arguments.
     """
+    # Here, not at the top: the other commands (and `flask --help`) need no pandas, NumPy or
+    # scikit-learn, which the data plane and the file reader import.
+    from serving import dataplane
+    from serving.batch import render
+    from serving.batch.files import Refused, score_file
+    from serving.runtime import ModelLoadError
+
     name = endpoint or current_app.config["SETTINGS"].default_endpoint
     try:
         serving.load_models(current_app, [name])
@@ -65,7 +74,7 @@ def score_command(
     # Offline: no shadows, no Prometheus counts (see `dataplane.Plane`); stored unless --no-log.
     plane = replace(dataplane.OFFLINE, store=not no_log)
 
-    def prepare(rows: Rows) -> dataplane.PreparedBatch:
+    def prepare(rows: Rows) -> PreparedBatch:
         return dataplane.prepare_many(
             services, name, rows, version=version, status=status, plane=plane
         )
@@ -109,5 +118,7 @@ def score_command(
 
 
 def _sentence(error: ServiceError) -> str:
+    from serving.batch import render
+
     details = render.pairs(error.details)
     return f"{error.message} ({details})" if details else error.message

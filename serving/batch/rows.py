@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.batch import cells
+from serving.batch import ID_COLUMN, cells
 from serving.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, detail
 from serving.payloads import (
     MAX_ID_LENGTH,
@@ -28,8 +28,6 @@ from serving.payloads import (
     parse_observation_id,
 )
 from serving.schema import Checked, InputSchema
-
-ID_COLUMN = "id"
 
 
 @dataclass

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 from serving.drift import model_drift, parse_window
 from serving.errors import ServiceError, Unavailable
 from serving.experiments import RUNNING, Experiments
+from serving.folders import version_order
 from serving.lifecycle import PRODUCTION, Lifecycle
 from serving.quality import BINARY_METRICS, REGRESSION_METRICS, performance_report
-from serving.registry import Registry, version_order
+from serving.registry import Registry
 from serving.runtime import LoadedModel
 from serving.tables import utcnow
 from serving.traffic import traffic

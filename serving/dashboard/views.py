@@ -13,7 +13,6 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
 from serving.dashboard import charts
-from serving.dashboard.pages import METRIC_NAMES, endpoint_page, overview
 from serving.errors import ServiceError, Unauthorized
 from serving.http.auth import bearer_token
 from serving.http.context import annotate, experiments, lifecycle, registry
@@ -44,6 +43,9 @@ def require_token() -> None:
 @blueprint.get("/")
 def index() -> str:
     """Every endpoint, its versions and statuses, its traffic, and running A/B tests."""
+    # The pages need NumPy and SciPy: imported at start-up, not with the routes (serving.http).
+    from serving.dashboard.pages import overview
+
     page = overview(registry(), lifecycle(), experiments())
     return render_template("dashboard/overview.html", **page)
 
@@ -51,6 +53,8 @@ def index() -> str:
 @blueprint.get("/dashboard/<name>")
 def endpoint(name: str) -> str:
     """One endpoint: versions, traffic, quality and calibration, drift, A/B tests."""
+    from serving.dashboard.pages import endpoint_page
+
     annotate(endpoint=name)
     page = endpoint_page(
         registry(),
@@ -91,6 +95,8 @@ def dashboard_url(target: str, /, **values: Any) -> str:
 @blueprint.context_processor
 def helpers() -> dict[str, Any]:
     """Chart builders and number formats, for the templates."""
+    from serving.dashboard.pages import METRIC_NAMES
+
     return {
         "charts": charts,
         "number": charts.number,

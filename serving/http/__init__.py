@@ -1,7 +1,14 @@
 """HTTP blueprints: they parse, call one module per step, and serialise; no logic of their own.
 
 The dashboard (`serving.dashboard`) uses this package's helpers and is registered by the app
-factory, not from here, so neither package imports the other at package level."""
+factory, not from here, so neither package imports the other at package level.
+
+A view imports what needs NumPy, pandas, SciPy or scikit-learn (the data plane, quality,
+drift, batch rows, OpenAPI, the retrain job) inside its function, not at the top of its module:
+registering the routes must stay cheap, since `flask routes`, `flask --help` and every
+`flask` command that changes one row register them too. Serving does not pay for it at the
+first request: `serving.load_models` imports those modules (`serving.REQUEST_MODULES`) before
+gunicorn forks its workers, so inside a view the import is a look-up in `sys.modules`."""
 
 from flask import Flask, request
 

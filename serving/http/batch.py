@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, request
 
-from serving import dataplane
-from serving.batch import render, rows
 from serving.batch.budget import CpuBudget
 from serving.errors import BadRequest
 from serving.http import bodies
 from serving.http.context import annotate, registry, services
+
+if TYPE_CHECKING:
+    from serving.batch.rows import JsonRows, Rows
 
 blueprint = Blueprint("batch", __name__)
 
@@ -27,6 +28,10 @@ def predict_batch_default() -> Response | tuple[dict[str, Any], int]:
 @blueprint.post("/api/v1/<endpoint>/predict/batch")
 def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
     """Score and store every valid row of a batch; one answer per row, in input order."""
+    # Imported at start-up (see serving.http): pandas and the data plane.
+    from serving import dataplane
+    from serving.batch import render, rows
+
     settings = current_app.config["SETTINGS"]
     budget = CpuBudget(settings.batch_cpu_seconds)
     versions = registry().endpoint(endpoint)
@@ -34,7 +39,7 @@ def predict_batch(endpoint: str) -> Response | tuple[dict[str, Any], int]:
     if is_csv:
         # Columns no version of the endpoint reads are dropped as soon as they are read.
         read = {name for model in versions.values() for name in model.schema.by_name}
-        batch: rows.Rows = rows.from_csv(
+        batch: Rows = rows.from_csv(
             raw,
             settings.http_batch_max_rows,
             max_columns=settings.max_batch_columns,
@@ -84,7 +89,9 @@ def _body(limit: int) -> tuple[bytes, bool]:
     return raw, request.mimetype in CSV_TYPES
 
 
-def _json_rows(raw: bytes, limit: int) -> rows.JsonRows:
+def _json_rows(raw: bytes, limit: int) -> JsonRows:
+    from serving.batch import rows
+
     try:
         return rows.from_json(raw, limit)
     except BadRequest as exc:

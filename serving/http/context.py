@@ -3,14 +3,18 @@ the data plane (`services()`); no view reaches the scorer or the writer itself."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import current_app, g
 
-from serving.dataplane import Services
-from serving.experiments import Experiments
 from serving.http import bodies
-from serving.lifecycle import Lifecycle
-from serving.registry import Registry
-from serving.shadows import Shadows
+
+if TYPE_CHECKING:  # the components themselves are `serving.load_models`'s to import
+    from serving.dataplane import Services
+    from serving.experiments import Experiments
+    from serving.lifecycle import Lifecycle
+    from serving.registry import Registry
+    from serving.shadows import Shadows
 
 
 def registry() -> Registry:

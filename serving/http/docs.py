@@ -9,7 +9,6 @@ import flask_swagger_ui
 from flask import Blueprint, Response, current_app, send_from_directory, url_for
 from markupsafe import escape
 
-from serving import openapi
 from serving.http.context import registry
 
 blueprint = Blueprint("docs", __name__)
@@ -49,6 +48,8 @@ PAGE = """<!DOCTYPE html>
 def document() -> dict[str, Any]:
     """The app's OpenAPI document, built once per state of the registry: again when a
     published version was added (a new endpoint gets its own paths and schemas)."""
+    from serving import openapi  # imported at start-up: see serving.http
+
     extensions = current_app.extensions
     served = registry()
     built = extensions.get("openapi")

@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from serving.drift import model_drift, parse_window
 from serving.http.context import annotate, lifecycle, registry
 
 blueprint = Blueprint("drift", __name__, url_prefix="/api/v1/<endpoint>")
@@ -16,6 +15,8 @@ blueprint = Blueprint("drift", __name__, url_prefix="/api/v1/<endpoint>")
 def drift(endpoint: str) -> dict[str, Any]:
     """PSI per input of ?version= (default: the production version) over ?window= (the last
     1000 predictions by default, or a duration such as 24h)."""
+    from serving.drift import model_drift, parse_window  # imported at start-up: see serving.http
+
     annotate(endpoint=endpoint)
     wanted = request.args.get("version") or None
     model = (

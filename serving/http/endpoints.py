@@ -7,11 +7,11 @@ from typing import Any
 from flask import Blueprint, request
 
 from serving.errors import NotFound, detail
+from serving.folders import version_order
 from serving.http.auth import require_admin
 from serving.http.context import body, lifecycle, registry
 from serving.lifecycle import check_status
 from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
-from serving.registry import version_order
 
 blueprint = Blueprint("endpoints", __name__, url_prefix="/api/v1")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import dataplane, predictions, quality
+from serving import predictions
 from serving.errors import InvalidInput, detail
 from serving.http.auth import authenticated
 from serving.http.context import annotate, body, registry, services
@@ -34,6 +34,8 @@ def update_default() -> tuple[dict[str, Any], int]:
 @blueprint.post("/api/v1/<endpoint>/predict")
 def predict(endpoint: str) -> tuple[dict[str, Any], int]:
     """Score one observation with the version chosen by ?version= or ?status= (production)."""
+    from serving import dataplane  # imported at start-up: see serving.http
+
     # The endpoint first: an unknown one is 404 whatever the body holds.
     registry().endpoint(endpoint)
     request_body = parse_predict_body(body())
@@ -53,6 +55,8 @@ def predict(endpoint: str) -> tuple[dict[str, Any], int]:
 @blueprint.post("/api/v1/<endpoint>/update")
 def update(endpoint: str) -> tuple[dict[str, Any], int]:
     """Record the true class (or value) of a stored prediction; a second update overwrites."""
+    from serving import quality  # imported at start-up: see serving.http
+
     # The endpoint first: an unknown one is 404 whatever the body holds.
     versions = registry().endpoint(endpoint)
     request_body = parse_update_body(body())

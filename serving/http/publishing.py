@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import publishing
 from serving.errors import InvalidInput, detail
 from serving.http import bodies
 from serving.http.auth import require_admin
@@ -28,6 +27,8 @@ def publish_version(endpoint: str, version: str) -> tuple[dict[str, Any], int]:
     before anything is stored, and is never overwritten. Every worker of every replica on
     the database serves it within STATUS_REFRESH_SECONDS, with model.json's `initial_status`
     (default testing)."""
+    from serving import publishing  # imported at start-up: see serving.http
+
     require_admin()
     settings = current_app.config["SETTINGS"]
     raw = bodies.read(settings.max_model_upload_bytes, "MAX_MODEL_UPLOAD_BYTES")

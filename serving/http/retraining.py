@@ -18,8 +18,13 @@ from serving.errors import Conflict, InvalidInput, detail
 from serving.http.auth import require_admin
 from serving.http.context import body, registry
 from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
-from serving.retraining import job
-from serving.retraining.rows import parse_instant
+from serving.retraining.options import (
+    DEFAULT_MIN_LABELLED,
+    RETRAIN_BY,
+    SHADOW,
+    Options,
+    parse_instant,
+)
 
 blueprint = Blueprint("retraining", __name__, url_prefix="/api/v1/<endpoint>")
 
@@ -53,16 +58,18 @@ def retrain(endpoint: str) -> tuple[dict[str, Any], int]:
             f"Unknown field {unknown[0]!r} in a retrain request.",
             [detail(name, f"unknown; known: {sorted(_FIELDS)}") for name in unknown],
         )
-    options = job.Options(
+    options = Options(
         holdout_fraction=payload.get("holdout_fraction"),
         holdout_rows=payload.get("holdout_rows"),
-        min_labelled=payload.get("min_labelled", job.DEFAULT_MIN_LABELLED),
+        min_labelled=payload.get("min_labelled", DEFAULT_MIN_LABELLED),
         include_training_data=payload.get("include_training_data", False),
-        then=payload.get("then", job.SHADOW),
+        then=payload.get("then", SHADOW),
         since=parse_instant(payload.get("since"), "since"),
         until=parse_instant(payload.get("until"), "until"),
-        by=check_text(payload.get("by"), "by", MAX_BY_LENGTH) or job.RETRAIN_BY,
+        by=check_text(payload.get("by"), "by", MAX_BY_LENGTH) or RETRAIN_BY,
     )
+    from serving.retraining import job  # imported at start-up: see serving.http
+
     outcome = job.retrain(job.Context.of(current_app), endpoint, options)
     if outcome.outcome == job.REFUSED:
         raise Conflict(outcome.message, _gate_details(outcome.lineage["gate"]))

@@ -12,15 +12,11 @@ production version, the one that answers by default.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from serving import binary_tensors, dataplane, inference_v2
-from serving.batch import render
-from serving.batch.budget import CpuBudget
-from serving.batch.rows import JsonRows
 from serving.errors import (
     Conflict,
     InvalidInput,
@@ -30,12 +26,15 @@ from serving.errors import (
     render_http_exception,
     render_short,
 )
+from serving.folders import version_order
 from serving.http import bodies, health
 from serving.http.context import annotate, lifecycle, registry, services
 from serving.lifecycle import ARCHIVED, PRODUCTION
 from serving.payloads import id_key
-from serving.registry import version_order
-from serving.runtime import LoadedModel
+
+if TYPE_CHECKING:
+    from serving.inference_v2 import InferRequest
+    from serving.runtime import LoadedModel
 
 SERVER_NAME = "sklearn-serving"
 # The API's version, as the OpenAPI document's info.version says.
@@ -63,6 +62,8 @@ _short_errors(infer_blueprint)
 @blueprint.get("")
 def server_metadata() -> dict[str, Any]:
     """Server metadata: name, version and protocol extensions (Triton's binary tensor data)."""
+    from serving import binary_tensors
+
     return {
         "name": SERVER_NAME,
         "version": SERVER_VERSION,
@@ -135,6 +136,8 @@ def _default_model(endpoint: str) -> LoadedModel:
 
 
 def _metadata(endpoint: str, model: LoadedModel) -> dict[str, Any]:
+    from serving import inference_v2
+
     statuses = lifecycle().statuses()
     versions = registry().endpoint(endpoint)
     labels = model.classes or [0.0]
@@ -170,6 +173,9 @@ def _ready(endpoint: str, version: str | None) -> tuple[dict[str, Any], int, dic
 
 
 def _infer(endpoint: str, version: str | None) -> dict[str, Any] | Response:
+    # Imported here, as every view's scoring code is: see serving.http.
+    from serving import binary_tensors, dataplane, inference_v2
+
     # The model first: an unknown one is 404 whatever the body holds.
     model = registry().resolve(endpoint, lifecycle().statuses(), version=version)
     settings = current_app.config["SETTINGS"]
@@ -211,11 +217,16 @@ def _infer(endpoint: str, version: str | None) -> dict[str, Any] | Response:
 
 
 def _infer_many(
-    endpoint: str, version: str | None, decoded: inference_v2.InferRequest, cpu_seconds: float
+    endpoint: str, version: str | None, decoded: InferRequest, cpu_seconds: float
 ) -> list[dict[str, Any]]:
     """Many rows through the column path, all or nothing: an invalid row refuses the request
     before anything is stored. A row whose id is stored with another observation is a 409
     naming it; the other rows were stored, and resending them replays their answers."""
+    from serving import dataplane
+    from serving.batch import render
+    from serving.batch.budget import CpuBudget
+    from serving.batch.rows import JsonRows
+
     budget = CpuBudget(cpu_seconds)
     ids = decoded.observation_ids
     rows = JsonRows(

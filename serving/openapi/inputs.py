@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from serving import quality
+from serving.folders import version_order
 from serving.openapi.components import array, ref
-from serving.registry import version_order
 from serving.runtime import LoadedModel
 from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field, integer_range
 

@@ -8,6 +8,7 @@ rows, the gate refused the candidate, or another error; the last line says which
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
@@ -16,9 +17,17 @@ from flask.cli import with_appcontext
 import serving
 from serving import database
 from serving.errors import ServiceError
-from serving.retraining import job
-from serving.retraining.rows import parse_instant
-from serving.runtime import ModelLoadError
+from serving.retraining.options import (
+    DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_MIN_LABELLED,
+    RETRAIN_BY,
+    SHADOW,
+    Options,
+    parse_instant,
+)
+
+if TYPE_CHECKING:
+    from serving.retraining.job import Outcome
 
 
 @click.command("retrain")
@@ -28,7 +37,7 @@ from serving.runtime import ModelLoadError
     type=float,
     default=None,
     help=f"share of the newest labelled rows held out for the gate "
-    f"(default {job.DEFAULT_HOLDOUT_FRACTION})",
+    f"(default {DEFAULT_HOLDOUT_FRACTION})",
 )
 @click.option(
     "--holdout-rows", type=int, default=None, help="or: how many of the newest rows to hold out"
@@ -36,7 +45,7 @@ from serving.runtime import ModelLoadError
 @click.option(
     "--min-labelled",
     type=int,
-    default=job.DEFAULT_MIN_LABELLED,
+    default=DEFAULT_MIN_LABELLED,
     show_default=True,
     help="fewest labelled rows to retrain on",
 )
@@ -48,13 +57,13 @@ from serving.runtime import ModelLoadError
 @click.option(
     "--then",
     "then",
-    default=job.SHADOW,
+    default=SHADOW,
     show_default=True,
     help="after registering: shadow, ab:SPLIT (share of traffic to the candidate) or none",
 )
 @click.option("--since", default=None, help="only rows predicted at or after (ISO 8601, UTC)")
 @click.option("--until", default=None, help="only rows predicted before (ISO 8601, UTC)")
-@click.option("--by", default=job.RETRAIN_BY, show_default=True, help="who, in the history")
+@click.option("--by", default=RETRAIN_BY, show_default=True, help="who, in the history")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @with_appcontext
 def retrain_command(
@@ -71,8 +80,13 @@ def retrain_command(
 ) -> None:
     """Retrain ENDPOINT's production pipeline on its labelled logged rows; register the
     candidate if the gate passes it, then shadow or A/B test it."""
+    # Here, not at the top: `flask --help` and the other commands need neither pandas nor
+    # scikit-learn, which the job and the model loader import.
+    from serving.retraining import job
+    from serving.runtime import ModelLoadError
+
     try:
-        options = job.Options(
+        options = Options(
             holdout_fraction=holdout_fraction,
             holdout_rows=holdout_rows,
             min_labelled=min_labelled,
@@ -100,7 +114,7 @@ def retrain_command(
         raise click.exceptions.Exit(1)
 
 
-def _print(outcome: job.Outcome) -> None:
+def _print(outcome: Outcome) -> None:
     gate = outcome.lineage.get("gate")
     if gate:
         rows = outcome.lineage["logged_rows"]

@@ -15,7 +15,7 @@ from typing import Any, cast
 import pandas as pd
 
 from serving.database import unit_of_work
-from serving.errors import InvalidInput, ServiceError, detail
+from serving.errors import ServiceError
 from serving.runtime import LoadedModel
 from serving.tables import Prediction, iso
 
@@ -43,27 +43,6 @@ class Usable:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def parse_instant(raw: Any, field_name: str) -> dt.datetime | None:
-    """An ISO 8601 time as naive UTC (no offset means UTC); None for None or ""."""
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise InvalidInput(
-            f"'{field_name}' must be an ISO 8601 time, e.g. 2026-11-24T10:00:00Z.",
-            [detail(field_name, f"expected a string, got {type(raw).__name__}")],
-        )
-    try:
-        value = dt.datetime.fromisoformat(raw)
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    except (ValueError, OverflowError):
-        raise InvalidInput(
-            f"'{field_name}' must be an ISO 8601 time, e.g. 2026-11-24T10:00:00Z.",
-            [detail(field_name, f"not an ISO 8601 time: {raw!r}")],
-        ) from None
-    return value
 
 
 @unit_of_work(long_running=True)  # every labelled row of a window: may outlast a request's limit
