@@ -38,7 +38,7 @@ lint:  ## ruff, ruff format, mypy and hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile deploy/pgbouncer/Dockerfile
 
 migrate:  ## bring the database at DATABASE_URL up to date
 	@scripts/venv prod

@@ -67,6 +67,15 @@ _statement_timeout_ms = 0
 _long_statement_timeout_ms = 0
 _DEADLINE_GRACE_SECONDS = 1.0
 
+# The limit the next transaction this thread begins will carry, while a unit of work that
+# chose one (run_with_retry) runs; otherwise a request's.
+_transaction_limit = threading.local()
+
+
+def _limit_of_next_transaction() -> int:
+    chosen = getattr(_transaction_limit, "ms", None)
+    return int(_statement_timeout_ms if chosen is None else chosen)
+
 
 class PostgresPool(PooledPostgresqlDatabase):
     """peewee's PostgreSQL pool, except that no thread waits on another's network round trip.
@@ -86,6 +95,22 @@ class PostgresPool(PooledPostgresqlDatabase):
         super().__init__(*args, **kwargs)
         # Connection state is per thread already; this lock only made threads connect in turn.
         self._lock = peewee._NoopLock()
+
+    def begin(self, isolation_level: object = None) -> None:
+        """BEGIN, and the transaction's statement limit in the same round trip.
+
+        `SET LOCAL` ends with the transaction, so nothing outlives it on the server
+        connection: behind a pooler in transaction mode the next client of that connection
+        gets none of it, and none of that client's settings reach this one.
+        """
+        if isolation_level is not None:  # not used by the service; peewee's own, then the limit
+            super().begin(isolation_level)
+            self.execute_sql(f"SET LOCAL statement_timeout = {_limit_of_next_transaction()}")
+            return
+        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]  # not in peewee-stubs
+            self.cursor().execute(
+                f"BEGIN; SET LOCAL statement_timeout = {_limit_of_next_transaction()}"
+            )
 
     def _connect(self) -> Any:  # a driver connection
         while True:
@@ -129,12 +154,15 @@ class PostgresPool(PooledPostgresqlDatabase):
 
 
 def _postgres_params(settings: Settings, url: str) -> dict[str, object]:
-    """Connection parameters from the URL, with the timeouts and keepalives added."""
+    """Connection parameters from the URL, with the connect timeout and keepalives added.
+
+    No session settings travel in the start-up packet: a pooler in transaction mode
+    (PgBouncer) hands one server connection to many clients, so the statement limit is set
+    per transaction instead (`PostgresPool.begin`). An `options` the URL names is passed on
+    as it is (PgBouncer refuses it unless told to ignore it: README, "Behind a connection
+    pooler").
+    """
     params: dict[str, object] = dict(db_url.parse(url))
-    options = str(params.pop("options", "") or "")
-    # Sent with the connection's start-up packet: no extra round trip per connection.
-    timeout = f"-c statement_timeout={settings.db_statement_timeout_ms}"
-    params["options"] = f"{timeout} {options}".strip()
     params.setdefault("connect_timeout", settings.db_connect_timeout_seconds)
     for name, value in _KEEPALIVES.items():
         params.setdefault(name, value)
@@ -289,15 +317,29 @@ def _too_slow(exc: Exception) -> Unavailable:
     )
 
 
-def _with_long_timeout(work: Callable[[], T]) -> Callable[[], T]:
-    """`work` in a transaction whose statements may run DB_LONG_STATEMENT_TIMEOUT_MS."""
+def _as_one_transaction(
+    work: Callable[[], T], limit_ms: int, long_running: bool
+) -> Callable[[], T]:
+    """PostgreSQL: `work` as one transaction whose statements may each run `limit_ms`.
 
-    def long_work() -> T:
-        with db.atomic():
-            db.execute_sql(f"SET LOCAL statement_timeout = {int(_long_statement_timeout_ms)}")
+    Reads too: the limit is a `SET LOCAL`, which only a transaction holds (behind a pooler a
+    session-wide SET would stay on a server connection other clients use next).
+    """
+
+    def transaction() -> T:
+        if db.in_transaction():
+            # Inside a unit already open: its transaction, with the longer limit if asked.
+            if long_running:
+                db.execute_sql(f"SET LOCAL statement_timeout = {int(limit_ms)}")
             return work()
+        _transaction_limit.ms = limit_ms
+        try:
+            with db.atomic():
+                return work()
+        finally:
+            _transaction_limit.ms = None
 
-    return long_work
+    return transaction
 
 
 # How deep this thread is in run_with_retry: only the outermost call gives its connection back.
@@ -309,15 +351,16 @@ def run_with_retry(work: Callable[[], T], long_running: bool = False) -> T:
 
     Retrying is safe because every write is idempotent on (endpoint, observation id). A
     server that cannot be reached at all is a 503 at once: a second connection attempt would
-    only double the wait. `long_running` work (batch writes, reports) gets
+    only double the wait. On PostgreSQL the work is one transaction, begun with its
+    statement limit: `long_running` work (batch writes, reports) gets
     DB_LONG_STATEMENT_TIMEOUT_MS instead of a request's DB_STATEMENT_TIMEOUT_MS. The
     connection goes back to the pool when the work is done.
     """
     sqlite = is_sqlite()
     limit_ms = _long_statement_timeout_ms if long_running else _statement_timeout_ms
     deadline = 0.0 if sqlite or not limit_ms else limit_ms / 1000 + _DEADLINE_GRACE_SECONDS
-    if long_running and not sqlite:
-        work = _with_long_timeout(work)
+    if not sqlite:
+        work = _as_one_transaction(work, limit_ms, long_running)
     _depth.value = getattr(_depth, "value", 0) + 1
     try:
         for attempt in (1, 2):
@@ -360,7 +403,8 @@ def unit_of_work(
 ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Decorator: every call of the function is one unit of database work, run by
     `run_with_retry` (retried once on a lost connection, cut past its deadline, its
-    connection given back after), inside a `write_transaction` when `write`.
+    connection given back after, one transaction on PostgreSQL), inside a
+    `write_transaction` when `write`.
 
     `long_running` (batch writes, reports: DB_LONG_STATEMENT_TIMEOUT_MS) may be a function
     of the call's arguments. Errors the function raises (a 404, a 409) pass through and roll
@@ -371,7 +415,8 @@ def unit_of_work(
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> T:
             def work() -> T:
-                if write:
+                # On PostgreSQL run_with_retry makes every unit one transaction already.
+                if write and is_sqlite():
                     with write_transaction():
                         return function(*args, **kwargs)
                 return function(*args, **kwargs)

@@ -50,6 +50,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            # Which worker wrote it: one container's stream holds every worker's lines.
+            "pid": record.process,
         }
         request_id = _request_id.get()
         if request_id is not None:

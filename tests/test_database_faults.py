@@ -174,6 +174,43 @@ def test_reports_and_migrations_are_not_held_to_a_request_statement_timeout(data
     close_all()
 
 
+@pytest.mark.postgres_only
+def test_the_statement_limit_is_each_transactions_and_stays_off_the_connection(
+    database_url, tmp_path
+):
+    """A pooler in transaction mode (PgBouncer) hands a server connection to another client
+    after each transaction: the limit must come with the transaction (reads included) and
+    leave nothing behind on the connection."""
+    if not using_postgres():
+        pytest.skip("statement_timeout is PostgreSQL's")
+    import psycopg2
+
+    from serving.database import run_with_retry
+    from serving.errors import Unavailable
+
+    fresh = psycopg2.connect(database_url)
+    try:
+        with fresh.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            server_default = cursor.fetchone()[0]
+    finally:
+        fresh.close()
+    assert server_default != "300ms"
+    app = make_app(database_url, tmp_path / "none", db_statement_timeout_ms=300)
+    with app.app_context():
+        with pytest.raises(Unavailable):
+            run_with_retry(lambda: db.execute_sql("SELECT pg_sleep(0.6)").fetchone())
+        inside = run_with_retry(lambda: db.execute_sql("SHOW statement_timeout").fetchone())
+        assert inside[0] == "300ms"
+        # The same server connection between units of work: the server's setting, not ours.
+        db.connect(reuse_if_open=True)
+        between = db.execute_sql("SHOW statement_timeout").fetchone()
+        assert between[0] == server_default
+        assert "statement_timeout" not in db.connection().get_dsn_parameters().get("options", "")
+        db.close()
+    close_all()
+
+
 def _postgres_processes(data: Path, every: bool) -> list[int]:
     postmaster = int((data / "postmaster.pid").read_text().split()[0])
     if not every:
