@@ -25,7 +25,7 @@ test:  ## the whole suite on SQLite, then on PostgreSQL (ARGS="-k contract -x" f
 
 test-fast:  ## the suite without e2e, browser and multi-process tests, on SQLite (under 2 minutes)
 	@scripts/venv dev
-	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n auto --dist loadfile -m "not e2e and not slow" $(ARGS)
+	env -u TEST_DATABASE_URL $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m "not e2e and not slow" $(ARGS)
 
 coverage:  ## line coverage of serving, training and custom_transformers per file, SQLite pass, in-process
 	@scripts/venv dev
