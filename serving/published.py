@@ -8,6 +8,7 @@ never overwritten or deleted: what a worker loaded is what every other worker lo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,13 @@ from serving.digests import sha256_hex
 from serving.errors import Conflict, detail
 from serving.tables import PublishedFile, PublishedVersion, iso
 
+# Named here, not imported from serving.runtime: this store stays free of the model loader.
+METADATA_FILE = "model.json"
+
 Key = tuple[str, str]
+
+# The first history row's reason of a version published as it is.
+PUBLISHED_REASON = "published; status declared by model.json"
 
 TABLE = PublishedVersion._meta.table_name
 
@@ -95,19 +102,57 @@ def read(endpoint: str, version: str) -> Published | None:
     return Published(endpoint, version, row.published_by, iso(row.published_at), files, digests)
 
 
+@unit_of_work()
+def metadata(endpoint: str) -> dict[str, dict[str, Any]]:
+    """Each published version of `endpoint` with its model.json, read without the other
+    files' bytes (the pipelines may be large); a model.json that is not a JSON object reads
+    as empty. StoreCorrupted when one differs from its stored sha256."""
+    if not db.table_exists(TABLE):
+        return {}
+    versions = {
+        row.id: row.version
+        for row in PublishedVersion.select(PublishedVersion.id, PublishedVersion.version).where(
+            PublishedVersion.endpoint == endpoint
+        )
+    }
+    query = PublishedFile.select().where(
+        PublishedFile.published_version.in_(list(versions)) & (PublishedFile.name == METADATA_FILE)
+    )
+    found: dict[str, dict[str, Any]] = {}
+    for stored in query:
+        version = versions[stored.published_version]
+        data = bytes(stored.content)
+        if sha256_hex(data) != stored.sha256:
+            raise StoreCorrupted(
+                f"published version {endpoint}/{version}: the stored {METADATA_FILE} does not "
+                "match the sha256 recorded when it was published"
+            )
+        try:
+            parsed = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            parsed = {}
+        found[version] = parsed if isinstance(parsed, dict) else {}
+    return found
+
+
 class StoreCorrupted(Exception):
     """Stored bytes that differ from the digest recorded with them; the message says which."""
 
 
 def write(
-    endpoint: str, version: str, files: Mapping[str, bytes], by: str, initial_status: str
+    endpoint: str,
+    version: str,
+    files: Mapping[str, bytes],
+    by: str,
+    initial_status: str,
+    reason: str = PUBLISHED_REASON,
 ) -> tuple[Published, str]:
-    """Store a version's files and record its first status, in one transaction; return what
-    was stored and the status the version has (the declared one, or testing when it declared
-    production and the endpoint has a production version already: as at first load).
-    Conflict when the version is published already."""
+    """Store a version's files and record its first status (with `reason` in the history),
+    in one transaction; return what was stored and the status the version has (the declared
+    one, or testing when it declared production and the endpoint has a production version
+    already: as at first load). Conflict when the version is published already."""
     try:
-        return _write(endpoint, version, dict(files), by, initial_status)
+        return _write(endpoint, version, dict(files), by, initial_status, reason)
     except peewee.IntegrityError as exc:
         raise already_published(endpoint, version) from exc
 
@@ -123,7 +168,7 @@ def already_published(endpoint: str, version: str) -> Conflict:
 
 @unit_of_work(write=True, long_running=True)
 def _write(
-    endpoint: str, version: str, files: dict[str, bytes], by: str, initial_status: str
+    endpoint: str, version: str, files: dict[str, bytes], by: str, initial_status: str, reason: str
 ) -> tuple[Published, str]:
     row = PublishedVersion.create(endpoint=endpoint, version=version, published_by=by)
     digests = {name: sha256_hex(data) for name, data in files.items()}
@@ -134,7 +179,7 @@ def _write(
     statuses = lifecycle.record_declared(
         [(endpoint, version, initial_status)],
         by=by,
-        reason="published; status declared by model.json",
+        reason=reason,
     )
     stored = Published(endpoint, version, by, iso(row.published_at), files, digests)
     return stored, statuses[(endpoint, version)]

@@ -202,10 +202,12 @@ def publish(
     by: str,
     settings: Settings,
     registry: Registry | None = None,
+    reason: str = published.PUBLISHED_REASON,
 ) -> dict[str, Any]:
-    """Check an upload, load it, store it with its first status, and (given this process's
-    `registry`) serve it here at once; other workers and replicas load it within
-    STATUS_REFRESH_SECONDS. Returns what was stored. 422, 409 with a sentence otherwise."""
+    """Check an upload, load it, store it with its first status (`reason`: that history
+    row's), and (given this process's `registry`) serve it here at once; other workers and
+    replicas load it within STATUS_REFRESH_SECONDS. Returns what was stored. 422, 409 with a
+    sentence otherwise."""
     check_names(endpoint, version)
     metadata = check_files(files, settings)
     refuse_conflicts(endpoint, version, settings, registry)
@@ -217,7 +219,7 @@ def publish(
             [detail("files", str(exc))],
         ) from exc
     declared = metadata.get("initial_status") or TESTING
-    stored, status = published.write(endpoint, version, files, by, declared)
+    stored, status = published.write(endpoint, version, files, by, declared, reason)
     if registry is not None and registry.add(model):
         serving_now(model)
     return {

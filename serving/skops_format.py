@@ -19,7 +19,12 @@ TRUSTABLE_PACKAGES = ("sklearn", "numpy", "scipy", "custom_transformers")
 
 
 class SkopsRefused(Exception):
-    """A skops file holding types model.json does not trust; the message is the reason."""
+    """A skops file holding types model.json does not trust; the message is the reason, and
+    `types` the types that can never be trusted, when they are known."""
+
+    def __init__(self, message: str, types: list[str] | None = None):
+        super().__init__(message)
+        self.types = types or []
 
 
 def untrustable(types: list[str]) -> list[str]:
@@ -69,6 +74,7 @@ def dumps(pipeline: Any) -> tuple[bytes, list[str]]:
         raise SkopsRefused(
             f"the pipeline holds types {outside}, which a skops folder can never trust (only "
             f"types from {', '.join(TRUSTABLE_PACKAGES)}); move custom code into the "
-            "custom_transformers package, or save it as a pickle"
+            "custom_transformers package, or save it as a pickle",
+            outside,
         )
     return data, untrusted

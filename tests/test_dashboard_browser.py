@@ -466,8 +466,9 @@ def test_docs_screenshot(seeded: Seeded, page):
 @pytest.fixture
 def retrained(browser, tmp_path: Path) -> Iterator[str]:
     """gunicorn on an income endpoint whose version 2 `flask retrain` made from logged,
-    labelled traffic (true incomes flipped below age 30, so the refit wins its gate), as a
-    restarted server serves it. Seeded in-process before the server starts."""
+    labelled traffic (true incomes flipped below age 30, so the refit wins its gate). The
+    traffic is seeded in-process before the server starts; the retrain runs while it serves,
+    and the server's worker serves version 2 from its hot loader's next check, no restart."""
     from serving.database import close_all
     from tests.conftest import make_app
 
@@ -493,13 +494,24 @@ def retrained(browser, tmp_path: Path) -> Iterator[str]:
     for i, age, income in zip(ids, adult["age"], adult["income"], strict=True):
         truth = flip[income] if age < 30 else income
         client.post("/api/v1/income/update", data=json.dumps({"id": i, "true_class": truth}))
-    done = app.test_cli_runner().invoke(
-        args=["retrain", "income", "--min-labelled", "300", "--then", "none"]
-    )
-    assert done.exit_code == 0, done.output
-    close_all()
-    env = {"DASHBOARD_TOKEN": DASHBOARD_TOKEN, "MODELS_DIR": str(models)}
+    env = {
+        "DASHBOARD_TOKEN": DASHBOARD_TOKEN,
+        "MODELS_DIR": str(models),
+        "STATUS_REFRESH_SECONDS": "1",
+    }
     with gunicorn(database_url, tmp_path, workers=1, env=env) as server:
+        served = requests.get(f"{server.url}/api/v1/income", timeout=30).json()["versions"]
+        assert [v["version"] for v in served] == ["1"]
+        done = app.test_cli_runner().invoke(
+            args=["retrain", "income", "--min-labelled", "300", "--then", "none"]
+        )
+        assert done.exit_code == 0, done.output
+        close_all()
+        deadline = time.monotonic() + 30
+        while "2" not in [v["version"] for v in served]:
+            assert time.monotonic() < deadline, "the server never loaded version 2"
+            time.sleep(0.5)
+            served = requests.get(f"{server.url}/api/v1/income", timeout=30).json()["versions"]
         yield server.url
 
 

@@ -4,9 +4,10 @@ and its admin route, the gate, then shadow and A/B test with the existing machin
 
 The drift is deliberate: below age 30 the true incomes are flipped, so the production
 forest (trained on data/adult.csv) is now wrong for most of that band, and a refit on the
-logged rows can learn it. The new version's folder is picked up by building a new app object
-on the same database and models folder, as a restarted server would (hot loading of new
-versions is another issue's).
+logged rows can learn it. The candidate is published to the database, not written under
+MODELS_DIR: another app on the same database, built before the retrain (another worker, or
+another replica), serves it with no restart, through its hot loader's check (what each
+gunicorn worker runs every STATUS_REFRESH_SECONDS) or a request that names it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from serving import published
 from serving.database import close_all
-from serving.tables import ShadowVersion, VersionStatus
+from serving.tables import PublishedVersion, ShadowVersion, VersionStatus
 from tests.conftest import REPO_ROOT, make_app
 
 TOKEN = "retrain-token"
@@ -76,8 +78,16 @@ def retrain(app, *args: str):
     return app.test_cli_runner().invoke(args=["retrain", "income", *args])
 
 
-def model_json(models_dir: Path, version: str) -> dict[str, Any]:
-    return json.loads((models_dir / "income" / version / "model.json").read_text())
+def model_json(version: str) -> dict[str, Any]:
+    """A published version's model.json, as the store holds it."""
+    stored = published.read("income", version)
+    assert stored is not None, f"income version {version} is not published"
+    return json.loads(stored.files["model.json"])
+
+
+def folders(models_dir: Path) -> list[str]:
+    """The version folders of income: retraining writes none."""
+    return sorted(p.name for p in (models_dir / "income").iterdir() if p.is_dir())
 
 
 def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
@@ -85,6 +95,8 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
 ):
     app = _app(database_url, models_dir)
     client = app.test_client()
+    # Another worker (or replica) on the same database, running before the retrain.
+    other = _app(database_url, models_dir)
     send(client, 0, 1000)
 
     done = retrain(app, "--min-labelled", "800")
@@ -93,7 +105,16 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     assert "candidate better" in done.output
     assert "It now shadows version 1." in done.output
 
-    lineage = model_json(models_dir, "2")["lineage"]
+    metadata = model_json("2")
+    # Published as skops: no pickle of a retrained pipeline is ever stored.
+    assert set(published.read("income", "2").files) == {
+        "pipeline.skops",
+        "dtypes.pickle",
+        "columns.json",
+        "model.json",
+    }
+    assert metadata["initial_status"] == "testing"
+    lineage = metadata["lineage"]
     assert lineage["parent_version"] == "1"
     # The newest 20% held out, never fitted on.
     assert lineage["logged_rows"]["fit"]["rows"] == 800
@@ -115,6 +136,7 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     )
 
     history = client.get("/api/v1/income/history").get_json()["history"]
+    # One first row: publishing records it with the retrain's reason, nothing after it.
     [entry] = [h for h in history if h["version"] == "2"]
     assert (entry["to"], entry["by"]) == ("testing", "retrain")
     assert "retrained from version 1 on 800 logged rows" in entry["reason"]
@@ -127,12 +149,14 @@ def test_a_drifted_band_is_learnt_gated_shadowed_and_promoted_by_an_ab_test(
     assert "Nothing new to register: income version 2 was retrained from these same" in (
         again.output
     )
-    assert sorted(p.name for p in (models_dir / "income").iterdir() if p.is_dir()) == ["1", "2"]
-    close_all()
+    assert folders(models_dir) == ["1"]
+    assert PublishedVersion.select().count() == 1
 
-    # A restarted server loads the new folder; more traffic, and the shadow is judged.
-    app = _app(database_url, models_dir)
-    client = app.test_client()
+    # The other app, never restarted, loads it on its hot loader's next check; its traffic
+    # is shadowed, and the shadow is judged.
+    assert other.extensions["registry"].find("income", "2") is None
+    assert other.extensions["hot_loader"].check() == [("income", "2")]
+    app, client = other, other.test_client()
     send(client, 1000, 400)
     # The dashboard shows where version 2 came from and its gate.
     page = client.get("/dashboard/income").get_data(as_text=True)
@@ -205,7 +229,7 @@ def test_too_little_labelled_data_registers_nothing_and_says_how_much(
     assert answer.get_json()["details"] == [
         {"field": "min_labelled", "problem": "120 found, 500 needed"}
     ]
-    assert sorted(p.name for p in (models_dir / "income").iterdir() if p.is_dir()) == ["1"]
+    assert folders(models_dir) == ["1"]
     assert not [r for r in VersionStatus.select() if r.version != "1" and r.endpoint == "income"]
     close_all()
 
@@ -240,7 +264,8 @@ def test_a_worse_candidate_is_refused_by_the_gate(database_url: str, tmp_path: P
     assert "candidate worse" in body["error"]
     fields = [d["field"] for d in body["details"]]
     assert fields == ["gate", "gate.accuracy", "gate.roc_auc", "gate.log_loss"]
-    assert sorted(p.name for p in (root / "income").iterdir() if p.is_dir()) == ["1"]
+    assert folders(root) == ["1"]
+    assert PublishedVersion.select().count() == 0
     assert ShadowVersion.select().count() == 0
     close_all()
 
@@ -250,6 +275,7 @@ def test_the_route_registers_and_starts_an_ab_test_and_refuses_bad_options(
 ):
     app = _app(database_url, models_dir)
     client = app.test_client()
+    other = _app(database_url, models_dir).test_client()
     send(client, 0, 600)
     assert client.post("/api/v1/income/retrain").status_code == 401
     for body, field in (
@@ -279,6 +305,16 @@ def test_the_route_registers_and_starts_an_ab_test_and_refuses_bad_options(
         "1",
     )
     assert report["gate"]["passed"]
+    assert folders(models_dir) == ["1"]
+    # The app that started before the retrain, on the same database, answers a request
+    # naming version 2 by loading it then (its hot loader has not checked since).
+    observation = json.loads(ROWS.iloc[[0]].drop(columns=["income"]).to_json(orient="records"))
+    named = other.post(
+        "/api/v1/income/predict?version=2",
+        data=json.dumps({"id": "named-2", "observation": observation[0]}),
+    )
+    assert named.status_code == 200, named.get_data(as_text=True)
+    assert named.get_json()["model_version"] == "2"
     test = client.get(f"/api/v1/income/ab-tests/{report['then']['ab_test']}").get_json()
     assert (test["arms"]["A"]["version"], test["arms"]["B"]["version"], test["split"]) == (
         "1",
@@ -315,3 +351,51 @@ def test_a_regression_candidate_is_gated_on_absolute_errors(tmp_path: Path):
     same = clone(production.pipeline).fit(frame.iloc[:300], truth[:300])
     verdict = gate.judge(production, same, frame.iloc[300:], truth[300:])
     assert verdict.passed and verdict.verdict != "candidate worse"
+
+
+def unchanged(frame: pd.DataFrame) -> pd.DataFrame:
+    """A step of the tests' own code: skops can save it, but never trust it."""
+    return frame
+
+
+def test_a_pipeline_skops_cannot_save_is_refused_with_a_sentence(database_url: str, tmp_path: Path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tests.conftest import _tiny_frame, _tiny_pipeline, write_model
+
+    frame = _tiny_frame(400)
+    target = (frame["x"] > 0).astype(int)
+    pipeline = make_pipeline(
+        FunctionTransformer(unchanged), _tiny_pipeline(LogisticRegression())
+    ).fit(frame, target)
+    root = tmp_path / "models"
+    metadata = {"name": "tiny", "version": "1", "initial_status": "production"}
+    write_model(root / "tiny" / "1", pipeline, frame, metadata)
+    app = _app(database_url, root)
+    client = app.test_client()
+    records = json.loads(frame.to_json(orient="records"))
+    batch = [{"id": f"tiny-{n}", "observation": o} for n, o in enumerate(records)]
+    assert client.post("/api/v1/tiny/predict/batch", data=json.dumps(batch)).status_code == 200
+    for n, truth in enumerate(target):
+        update = client.post(
+            "/api/v1/tiny/update", data=json.dumps({"id": f"tiny-{n}", "true_class": int(truth)})
+        )
+        assert update.status_code == 200, update.get_data(as_text=True)
+
+    answer = client.post("/api/v1/tiny/retrain", headers=ADMIN, data='{"min_labelled": 100}')
+    assert answer.status_code == 409, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["error"].startswith(
+        "The candidate of 'tiny' was not registered: a retrained version is published as "
+        "pipeline.skops, and skops cannot save a pipeline holding tests.test_retraining.unchanged "
+        "(only types from sklearn, numpy, scipy, custom_transformers can be trusted)"
+    )
+    assert body["details"] == [
+        {"field": "pipeline", "problem": "holds types skops can never trust"}
+    ]
+    assert PublishedVersion.select().count() == 0
+    assert not VersionStatus.select().where(VersionStatus.version != "1").count()
+    assert sorted(p.name for p in (root / "tiny").iterdir() if p.is_dir()) == ["1"]
+    close_all()

@@ -5,7 +5,7 @@ registered as the endpoint's next version, then shadowed or A/B tested.
 
 - `rows`: the labelled rows of a window, in time order, their digest and the holdout split;
 - `gate`: candidate against production on exactly the holdout rows;
-- `candidate`: the one seam that writes a candidate's folder, and the version it gets;
+- `candidate`: the one seam that packages and publishes a candidate, and the version it gets;
 - `job`: the whole job, as `flask retrain` and `POST /api/v1/<endpoint>/retrain` run it;
 - `command`: `flask retrain`.
 """

@@ -8,16 +8,19 @@
 3. The newest rows (a `holdout_fraction`, 0.2 by default, or `holdout_rows`) are held out:
    never seen in fitting, they are what the gate judges on.
 4. The inputs' digest (the rows with their truths, the parent, the holdout size, the training
-   data's digest) is looked up in the lineage of the endpoint's folders: a candidate already
-   registered from the same inputs means there is nothing to do (not an error).
+   data's digest) is looked up in the lineage of the endpoint's versions (published and
+   folders): a candidate already registered from the same inputs means there is nothing to
+   do (not an error).
 5. `sklearn.base.clone` of the parent's pipeline, unfitted, is fitted on the other rows,
    after the parent's own training data when asked and when model.json names that file with
    its sha256 (and the file has that digest; otherwise it is skipped, with a sentence).
 6. The gate (`serving.retraining.gate`): a candidate significantly worse than production on
    the held-out rows is not registered.
-7. A candidate that passes becomes the next free version: its folder (model.json with its
-   lineage and gate), a `testing` row in the status history whose reason sums it up, then a
-   shadow (default), an A/B test against production, or nothing.
+7. A candidate that passes becomes the next free version, published (skops; model.json
+   with its lineage and gate) with its one first row in the status history, `testing`,
+   whose reason sums it up; every worker of every replica serves it within
+   STATUS_REFRESH_SECONDS, no restart. Then a shadow (default), an A/B test against
+   production, or nothing.
 """
 
 from __future__ import annotations
@@ -35,23 +38,22 @@ from sklearn.base import clone
 
 from serving import artifacts
 from serving.config import REPO_ROOT, Settings
-from serving.database import unit_of_work
 from serving.errors import Conflict, InvalidInput, ServiceError, detail
 from serving.experiments import Experiments
-from serving.lifecycle import TESTING, Lifecycle, lock_statuses
+from serving.lifecycle import TESTING, Lifecycle
 from serving.registry import Registry
 from serving.retraining import gate as gates
 from serving.retraining import rows as logged
 from serving.retraining.candidate import (
     endpoint_lock,
     next_version,
+    publish_candidate,
     registered_with,
-    write_candidate,
 )
 from serving.retraining.options import AB, NONE, SHADOW, Options
 from serving.runtime import LoadedModel
 from serving.shadows import Shadows
-from serving.tables import VersionStatus, iso, utcnow
+from serving.tables import iso, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def retrain(context: Context, endpoint: str, options: Options) -> Outcome:
             else TrainingData(None, [], {"used": False, "reason": "not asked for"})
         )
         inputs = _inputs_digest(parent, found, held, training)
-        existing = registered_with(endpoint_dir, inputs)
+        existing = registered_with(endpoint_dir, endpoint, inputs)
         if existing is not None:
             return Outcome(
                 ALREADY_REGISTERED,
@@ -186,7 +188,8 @@ def retrain(context: Context, endpoint: str, options: Options) -> Outcome:
                 lineage,
             )
         version = next_version(endpoint_dir, endpoint, list(context.registry.endpoint(endpoint)))
-        folder = write_candidate(
+        reason = _history_reason(parent, found, cut, training, verdict, inputs)
+        publish_candidate(
             candidate,
             X_fit,
             y_fit,
@@ -194,24 +197,18 @@ def retrain(context: Context, endpoint: str, options: Options) -> Outcome:
             found.truths[cut:],
             endpoint=endpoint,
             version=version,
-            models_dir=context.settings.models_dir,
             metadata=_metadata(parent, version, verdict, lineage),
+            by=options.by,
+            reason=reason,
+            settings=context.settings,
+            registry=context.registry,
         )
-        model = LoadedModel.load(folder, endpoint, version, compile=context.settings.compile_models)
-        _serve_here(context.registry, model)
-        reason = _history_reason(parent, found, cut, training, verdict, inputs)
-        _record_candidate(endpoint, version, options.by, reason)
         context.lifecycle.forget()
         then = _then(context, endpoint, parent.version, version, step, split, options.by)
     message = (
         f"Registered {endpoint} version {version} (testing), retrained from version "
         f"{parent.version}: {verdict.summary()}. {then['message']}"
     )
-    if context.settings.model_digests:
-        message += (
-            f" MODEL_DIGESTS is set: pin version {version} in it (flask pin-digests) before "
-            "the service restarts, or it will refuse the new folder."
-        )
     return Outcome(REGISTERED, endpoint, parent.version, version, message, lineage, then)
 
 
@@ -381,28 +378,6 @@ def _history_reason(
 def _second(moment: str | None) -> str:
     """An ISO time from lineage, to the second, as people read it."""
     return (moment or "?")[:19].replace("T", " ")
-
-
-def _serve_here(registry: Registry, model: LoadedModel) -> None:
-    """Serve the new version in this process, so the lifecycle, shadow and A/B machinery
-    accept it; other processes load it when they (re)start."""
-    versions = registry.models.get(model.endpoint, {})
-    # A new dict, swapped in whole: a request iterating the old one never sees it change.
-    registry.models[model.endpoint] = {**versions, model.version: model}
-    registry.declared[(model.endpoint, model.version)] = TESTING
-
-
-@unit_of_work(write=True)
-def _record_candidate(endpoint: str, version: str, by: str, reason: str) -> None:
-    """The new version's first status row, `testing`, whose reason sums up its lineage."""
-    lock_statuses()
-    exists = VersionStatus.get_or_none(
-        (VersionStatus.endpoint == endpoint) & (VersionStatus.version == version)
-    )
-    if exists is None:
-        VersionStatus.create(
-            endpoint=endpoint, version=version, status=TESTING, changed_by=by, reason=reason
-        )
 
 
 def _then(
