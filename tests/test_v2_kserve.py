@@ -3,8 +3,8 @@ answers within 1e-9 of the pipeline's predict_proba, and every row in the predic
 
 The client cannot be installed beside the project (every kserve release that has it needs
 python-dateutil<3 and pandas<3 or numpy<2), so it runs from its own virtualenv,
-tools/kserve-client/.venv, built by tools/kserve-client/build-venv from pinned requirements
-and reused while they do not change (.ci/run builds it before the tests). When it cannot be
+built by tools/kserve-client/build-venv from pinned requirements into the user's cache and
+reused while they do not change (.ci/run builds it before the tests). When it cannot be
 built (no package index), the test is skipped with the reason, except under CI (CI=true),
 where that is a failure."""
 
