@@ -45,8 +45,11 @@ class Refreshing(Generic[T]):
 
     def _load(self) -> T:
         generation = self._generation
+        # The value is as old as the moment its read began: a read slowed down by a busy
+        # machine must not count as fresher than the database state it saw.
+        started = time.monotonic()
         fresh = run_with_retry(self._read)
         with self._lock:
             if generation == self._generation:
-                self._value, self._read_at = fresh, time.monotonic()
+                self._value, self._read_at = fresh, started
         return fresh
