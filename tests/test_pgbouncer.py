@@ -79,6 +79,8 @@ def _config(folder: Path, database_url: str, port: int) -> Path:
         "server_reset_query": "",
         "log_connections": "0",
         "log_disconnections": "0",
+        # Its console (database `pgbouncer`) tells how many server connections it holds.
+        "admin_users": user,
     }
     if os.geteuid() == 0:
         # pgbouncer refuses to run as root; it opens its port, then becomes this user.
@@ -131,22 +133,24 @@ def pgbouncer(database_url: str, folder: Path) -> Iterator[str]:
             process.wait()
 
 
-def _server_connections(database_url: str) -> int:
-    """How many connections the PostgreSQL server has to this run's database."""
+def _server_connections(pooled_url: str) -> int:
+    """How many connections pgbouncer holds to PostgreSQL for this run's database, from its
+    own console (SHOW SERVERS). Counting pg_stat_activity instead would also count the
+    test's own direct connections."""
     import psycopg2
 
-    name = urlsplit(database_url).path.lstrip("/")
-    connection = psycopg2.connect(database_url)
+    parts = urlsplit(pooled_url)
+    name = parts.path.lstrip("/")
+    connection = psycopg2.connect(urlunsplit(parts._replace(path="/pgbouncer")))
+    connection.autocommit = True
     try:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                "pg_backend_pid()",
-                (name,),
-            )
-            return int(cursor.fetchone()[0])
+            cursor.execute("SHOW SERVERS")
+            columns = [c[0] for c in cursor.description]
+            rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     finally:
         connection.close()
+    return sum(1 for row in rows if row["database"] == name)
 
 
 def _predict(url: str, observation_id: str | int, x: float = 0.1) -> dict:
@@ -225,7 +229,8 @@ def test_two_replicas_behind_pgbouncer_in_transaction_mode(server_url, tmp_path)
         # Group commit: one row per id, every replay the stored row.
         _group_commit(servers, server_url)
         # 16 client connections, at most SERVER_POOL server connections: really multiplexed.
-        assert _server_connections(server_url) <= SERVER_POOL
+        servers_held = _server_connections(pooled)
+        assert 0 < servers_held <= SERVER_POOL, servers_held
 
         # The registry: a promotion through one replica reaches every worker of both.
         changed = requests.put(
