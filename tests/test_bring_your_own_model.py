@@ -9,8 +9,6 @@ deployment" steps, in one run."""
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -28,7 +26,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from serving.packaging import package
 from tests.conftest import using_postgres
 from tests.environment import clean_environ
-from tests.live import GUNICORN, REPO_ROOT, gunicorn
+from tests.live import GUNICORN, REPO_ROOT, eventually, gunicorn
+from tests.test_v2_live import triton_inputs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -59,30 +58,6 @@ def fitted(rows: int = 3000) -> tuple[object, pd.DataFrame, pd.Series]:
         LogisticRegression(max_iter=1000),
     )
     return pipeline.fit(X, y), X, y
-
-
-def eventually(check: Callable[[], bool], seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.3)
-    return check()
-
-
-def triton_inputs(frame: pd.DataFrame) -> list[triton.InferInput]:
-    """One tensor per column with tritonclient's defaults (binary tensor data)."""
-    inputs = []
-    for name in frame.columns:
-        column = frame[name]
-        if pd.api.types.is_integer_dtype(column):
-            array, datatype = column.to_numpy(dtype=np.int64), "INT64"
-        else:
-            array, datatype = column.to_numpy(dtype=object), "BYTES"
-        tensor = triton.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
 
 
 def test_a_packaged_model_is_pushed_promoted_and_served_without_a_restart(database_url, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import configparser
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -25,6 +24,7 @@ import yaml
 from serving.config import Settings
 from tests.environment import SERVICE_VARIABLES
 from tests.live import REPO_ROOT, free_port
+from tests.test_pgbouncer import pgbouncer_binary
 
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
 COMPOSE = REPO_ROOT / "compose.yaml"
@@ -212,20 +212,11 @@ def test_the_compose_connection_math_holds_for_compose_yaml():
     assert "host=db " in target + " " and "db" in compose
 
 
-def _pgbouncer() -> str:
-    found = shutil.which("pgbouncer") or shutil.which("/usr/sbin/pgbouncer")
-    if found:
-        return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("pgbouncer is not installed; .ci/run installs Debian's package")
-    pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
-
-
 @pytest.mark.parametrize("where", ["kubernetes", "compose"])
 def test_pgbouncer_starts_on_the_configuration_shipped(where, tmp_path):
     """The ini as shipped, but on a free 127.0.0.1 port and with a local auth file: an unknown
     key or a bad value stops pgbouncer at start."""
-    binary = _pgbouncer()
+    binary = pgbouncer_binary()
     if where == "kubernetes":
         text = documents()[("ConfigMap", "pgbouncer")]["data"]["pgbouncer.ini"]
     else:

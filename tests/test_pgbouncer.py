@@ -43,7 +43,8 @@ IDS = 60
 REPEATS = 3
 
 
-def _pgbouncer() -> str:
+def pgbouncer_binary() -> str:
+    """Debian's pgbouncer; skipped without it, except under CI, where that fails."""
     found = shutil.which("pgbouncer") or shutil.which("/usr/sbin/pgbouncer")
     if found:
         return found
@@ -100,7 +101,7 @@ def _config(folder: Path, database_url: str, port: int) -> Path:
 @contextmanager
 def pgbouncer(database_url: str, folder: Path) -> Iterator[str]:
     """Run pgbouncer in front of `database_url`; yield the URL that goes through it."""
-    binary = _pgbouncer()
+    binary = pgbouncer_binary()
     folder.mkdir()
     port = free_port()
     log = folder / "pgbouncer.log"

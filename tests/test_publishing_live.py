@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -16,7 +16,7 @@ import requests
 
 from tests.conftest import using_postgres
 from tests.environment import clean_environ
-from tests.live import GUNICORN, REPO_ROOT, Server, gunicorn
+from tests.live import GUNICORN, REPO_ROOT, Server, eventually, gunicorn
 from tests.published_models import income_version, multipart, tiny_version
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -69,15 +69,6 @@ def serving_pids(server: Server, endpoint: str, version: str) -> set[int]:
         if (entry["endpoint"], entry["model_version"]) == (endpoint, version):
             pids.add(entry["pid"])
     return pids
-
-
-def eventually(check: Callable[[], bool], seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.3)
-    return check()
 
 
 def chunks(size: int) -> Iterator[bytes]:

@@ -20,20 +20,10 @@ import pytest
 from serving.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app
 from tests.samples import PASSENGER
+from tests.test_v2 import DATATYPES, SECOND
 
 INFER = "/v2/models/default/infer"
 HEADER = "Inference-Header-Content-Length"
-DATATYPES = {
-    "Age": "FP64",
-    "Cabin": "BYTES",
-    "Embarked": "BYTES",
-    "Fare": "FP64",
-    "Parch": "INT64",
-    "Pclass": "INT64",
-    "Sex": "BYTES",
-    "SibSp": "INT64",
-}
-SECOND = {**PASSENGER, "Age": 38.0, "Cabin": "C85", "Fare": 71.28, "Pclass": 1, "Sex": "female"}
 FIRST = {**PASSENGER, "Cabin": "E46"}
 ROWS = [FIRST, SECOND]
 
