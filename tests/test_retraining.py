@@ -353,6 +353,36 @@ def test_a_regression_candidate_is_gated_on_absolute_errors(tmp_path: Path):
     assert verdict.passed and verdict.verdict != "candidate worse"
 
 
+class _Rounded:
+    """A candidate that answers production's predictions moved by float rounding only, as the
+    same fit does on a machine with another BLAS kernel."""
+
+    def __init__(self, pipeline, jitter: float) -> None:
+        self.pipeline, self.jitter = pipeline, jitter
+
+    def predict(self, X):
+        answers = np.asarray(self.pipeline.predict(X), dtype=np.float64)
+        return answers + self.jitter * np.abs(answers)
+
+
+def test_the_regression_gate_calls_rounding_differences_a_tie(tmp_path: Path):
+    """Production and a candidate that differ by float rounding alone (relative 1e-13, far
+    inside gate.TIE_TOLERANCE) are no different, whichever way the rounding goes; a candidate
+    off by 1e-6 of the targets is still judged."""
+    from serving.retraining import gate
+    from serving.runtime import LoadedModel
+    from tests.conftest import _tiny_frame, fit_tiny_regression
+
+    production = LoadedModel.load(fit_tiny_regression(tmp_path / "line"), "line", compile=False)
+    frame = _tiny_frame(400)
+    truth = list(3 * frame["x"] + frame["k"])
+    for jitter in (1e-13, -1e-13):
+        verdict = gate.judge(production, _Rounded(production.pipeline, jitter), frame, truth)
+        assert (verdict.verdict, verdict.passed) == ("no significant difference", True)
+    verdict = gate.judge(production, _Rounded(production.pipeline, 1e-6), frame, truth)
+    assert (verdict.verdict, verdict.passed) == ("candidate worse", False)
+
+
 def unchanged(frame: pd.DataFrame) -> pd.DataFrame:
     """A step of the tests' own code: skops can save it, but never trust it."""
     return frame

@@ -27,6 +27,8 @@ CANDIDATE_BETTER, NO_DIFFERENCE, CANDIDATE_WORSE = (
     "no significant difference",
     "candidate worse",
 )
+# Relative to the largest target: per-row absolute errors closer than this are equal.
+TIE_TOLERANCE = 1e-9
 RULE = (
     "passes unless the paired test finds production significantly better "
     f"(two-sided, alpha {statistics.ALPHA})"
@@ -138,6 +140,11 @@ def _regression(production: LoadedModel, candidate: Any, X: pd.DataFrame, truths
     theirs = np.abs(np.asarray(production.pipeline.predict(X), dtype=np.float64) - truth)
     mine = np.abs(np.asarray(candidate.predict(X), dtype=np.float64) - truth)
     differences = theirs - mine  # positive: the candidate erred less
+    # Two fits of the same exact relation differ only by float rounding, and which way it rounds
+    # depends on the BLAS kernel of the machine: a t-test on that noise would call one of them
+    # significantly better. Differences within TIE_TOLERANCE of the targets' scale are ties.
+    scale = max(1.0, float(np.abs(truth).max())) if len(truth) else 1.0
+    differences[np.abs(differences) <= TIE_TOLERANCE * scale] = 0.0
     test = statistics.paired_t(
         float(differences.sum()), float((differences * differences).sum()), len(truth)
     )
