@@ -485,6 +485,7 @@ def test_calling_the_wrong_method_or_passing_a_gap_in_an_int_column_fails_clearl
         compiled.predict_proba([{**row, "Parch": None}])
 
 
+@pytest.mark.any_database  # the model's answers; test_predictions stores them on both
 @pytest.mark.parametrize("compile_models", [True, False], ids=["compiled", "pipeline"])
 def test_http_answers_are_the_pipelines_with_or_without_the_fast_path(
     compile_models, database_url, tmp_path

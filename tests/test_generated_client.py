@@ -16,7 +16,8 @@ import requests
 from tests.conftest import REPO_ROOT
 from tests.live import gunicorn
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# A client generated from the document, against the service: the database is incidental.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.any_database]
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 # The generator's settings: a CSV request body is bytes to it (it knows no text/csv body).

@@ -92,6 +92,7 @@ def predict_body(observation_id: str, size: int) -> bytes:
 # Item 2: a body over its limit is 413 with nothing stored, however it is framed.
 
 
+@pytest.mark.any_database
 @pytest.mark.e2e
 def test_chunked_bodies_over_their_limit_are_413_through_gunicorn(database_url, tmp_path):
     env = {
@@ -121,6 +122,7 @@ def test_chunked_bodies_over_their_limit_are_413_through_gunicorn(database_url, 
     assert stored(database_url, tmp_path) == 301
 
 
+@pytest.mark.any_database
 def test_a_body_framed_by_the_server_is_refused_one_byte_past_its_limit(database_url, tmp_path):
     # The Flask test client does not frame like a server; this is what gunicorn hands over
     # for a chunked body: no Content-Length, a stream the server ends.
@@ -180,6 +182,7 @@ def _is_number(cell: str) -> bool:
     return True
 
 
+@pytest.mark.any_database
 def test_formula_ids_come_back_quoted_in_csv_answers(client):
     batch = [{"id": formula, "observation": PASSENGER} for formula in FORMULAS]
     batch.append({"id": "=bad-row", "observation": {**PASSENGER, "Pclass": "=1+1"}})
@@ -242,6 +245,7 @@ def test_negative_numbers_are_numbers_and_stay_as_they_are(database_url, tmp_pat
 ODD_NAMES = ["Montant (€)", "名前", "a\nb", "100%"]
 
 
+@pytest.mark.any_database
 def test_csv_column_names_reach_the_warnings_header_encoded(client):
     frame = pd.read_csv(io.BytesIO(titanic_csv(3, "odd")))
     for name in ODD_NAMES:
@@ -255,6 +259,7 @@ def test_csv_column_names_reach_the_warnings_header_encoded(client):
     assert answer.headers["X-Batch-Stored"] == "3"
 
 
+@pytest.mark.any_database
 def test_a_huge_warnings_header_is_cut(client):
     answer = client.post("/predict/batch", data=wide_csv(900, 2), headers=CSV_BOTH)
     assert answer.status_code == 200
@@ -305,6 +310,7 @@ def wide_csv(unknown: int, rows_: int = 1) -> bytes:
     return out.getvalue().encode()
 
 
+@pytest.mark.any_database
 def test_thirty_thousand_columns_are_413_at_once(app, client):
     body = wide_csv(30_000)
     started = time.process_time()
@@ -318,6 +324,7 @@ def test_thirty_thousand_columns_are_413_at_once(app, client):
         assert Prediction.select().count() == 0
 
 
+@pytest.mark.any_database
 def test_the_column_limit_is_a_setting_and_unknown_columns_are_dropped(database_url, tmp_path):
     client = make_app(database_url, tmp_path / "none", max_batch_columns=40).test_client()
     assert client.post("/predict/batch", data=wide_csv(29), headers=CSV).status_code == 413

@@ -10,7 +10,8 @@ import requests
 from tests.live import gunicorn
 from tests.samples import PASSENGER
 
-pytestmark = pytest.mark.e2e
+# JSON lines and request ids: the same whatever stores the predictions.
+pytestmark = [pytest.mark.e2e, pytest.mark.any_database]
 
 
 def test_one_json_line_per_request(database_url, tmp_path):

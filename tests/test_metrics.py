@@ -25,6 +25,9 @@ from tests.environment import clean_environ
 from tests.live import gunicorn
 from tests.samples import PASSENGER
 
+# Prometheus counters: the same whatever stores the predictions.
+pytestmark = pytest.mark.any_database
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

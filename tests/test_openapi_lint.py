@@ -19,7 +19,8 @@ import requests
 from tests.conftest import REPO_ROOT
 from tests.live import gunicorn
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The document does not depend on the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.any_database]
 
 LINT = REPO_ROOT / "tools" / "openapi-lint"
 REDOCLY = LINT / "node_modules" / ".bin" / "redocly"

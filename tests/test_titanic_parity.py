@@ -11,7 +11,8 @@ import requests
 from serving.runtime import LoadedModel
 from tests.live import REPO_ROOT, gunicorn
 
-pytestmark = pytest.mark.e2e
+# The model's answers, row for row: the database is incidental.
+pytestmark = [pytest.mark.e2e, pytest.mark.any_database]
 
 
 def test_all_891_rows_match_predict_proba_on_the_csv_frame(database_url, tmp_path):
