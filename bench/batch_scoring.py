@@ -131,6 +131,41 @@ def _http(kind: str, source: Path, workdir: Path, postgres_url: str, expected) -
     return {"seconds": seconds, "stored": stored, "difference": _check_output(output, expected)}
 
 
+def _stages(kind: str, source: Path, workdir: Path, postgres_url: str) -> list[tuple[str, float]]:
+    """Seconds of each stage of one batch of every row of `source` through the data plane, in
+    process, on a fresh database: what `flask score` does to each chunk, in one chunk."""
+    from serving import dataplane, load_models
+    from serving.batch import rows as batch_rows
+
+    with fresh(kind, workdir, "batch_stages", postgres_url) as url:
+        app = create_app({"database_url": url, "log_level": "WARNING"})
+        try:
+            with app.app_context():
+                endpoint = app.config["SETTINGS"].default_endpoint
+                registry = load_models(app, [endpoint])
+                columns = {c for m in registry.endpoint(endpoint).values() for c in m.columns}
+                raw = source.read_bytes()
+                marks = [("start", time.perf_counter())]
+
+                def mark(stage: str) -> None:
+                    marks.append((stage, time.perf_counter()))
+
+                rows = batch_rows.from_csv(raw, raw.count(b"\n") + 1, keep=columns, check=mark)
+                mark("ids and columns kept")
+                services = dataplane.Services.of(app.extensions)
+                prepared = dataplane.prepare_many(
+                    services, endpoint, rows, plane=dataplane.OFFLINE, check=mark
+                )
+                mark("the rest of preparing (rows to store)")
+                results = prepared.commit()
+                mark("storing (one transaction)")
+                if results.counts()["stored"] != len(rows):
+                    raise SystemExit(f"stages: {results.counts()} of {len(rows)} rows")
+        finally:
+            close_all()
+    return [(stage, end - marks[i][1]) for i, (stage, end) in enumerate(marks[1:])]
+
+
 def _write_big(source: Path, target: Path, gigabytes: float) -> int:
     """Repeat the rows of `source` with fresh ids until `target` holds `gigabytes` GB."""
     with source.open(newline="") as handle:
@@ -234,6 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-gb", type=float, default=0.0)
     parser.add_argument("--in-process-rows", default="1000,10000,100000")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time the stages of one batch of all the rows, in process, per database",
+    )
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.in_process_rows.split(",") if n.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -272,6 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"({figures['seconds'] / alone:.1f}x the model alone's time); "
                     f"stored {figures['stored']:,}, "
                     f"answers within {figures['difference']:.1e} of predict_proba"
+                )
+            if args.stages:
+                stages = _stages(kind, source, workdir, args.postgres_url)
+                total = sum(seconds for _stage, seconds in stages)
+                shown = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in stages)
+                print(
+                    f"{kind}: stages of one {n:,}-row batch in process ({total:.2f} s, "
+                    f"{n / total:,.0f} rows/s): {shown}"
                 )
         if args.memory_gb > 0:
             figures = _memory(source, workdir, args.memory_gb)

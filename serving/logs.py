@@ -14,7 +14,6 @@ import re
 import sys
 import threading
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -36,7 +35,8 @@ def request_id_from(sent: str | None) -> str:
     """The id of a request: the caller's when it is a plain token, else a new random one."""
     if sent and _PLAIN_ID.fullmatch(sent):
         return sent
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID.
+    return os.urandom(16).hex()
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,8 +45,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -56,12 +55,29 @@ class JsonFormatter(logging.Formatter):
         request_id = _request_id.get()
         if request_id is not None:
             line["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD:
-                line[key] = value
+        standard = _STANDARD
+        line.update({k: v for k, v in record.__dict__.items() if k not in standard})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _encode(line)
+
+
+# One encoder for every line: json.dumps with an argument builds a new one per call.
+_encode = json.JSONEncoder(default=str).encode
+# The formatted second of the last line, kept per thread: most lines share their second.
+_last_second = threading.local()
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    """`created` as 2026-11-30T16:00:00.123Z, the second formatted once per second and thread."""
+    second = int(created)
+    cached = getattr(_last_second, "value", None)
+    if cached is None or cached[0] != second:
+        cached = _last_second.value = (
+            second,
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+        )
+    return f"{cached[1]}.{int(msecs):03d}Z"
 
 
 # Writes up to this size reach a pipe in one piece (POSIX PIPE_BUF), so lines never interleave.
@@ -146,6 +162,21 @@ def init_app(app: Flask) -> None:
         }
         fields.update(g.get("log_fields", {}))
         count_request(request, response.status_code, fields, elapsed)
-        request_logger.info("request", extra=fields)
+        if request_logger.isEnabledFor(logging.INFO):
+            # Logger.info would walk the stack for the caller's file and line, which the line
+            # never shows: the record is made and handled directly (handlers, filters and
+            # propagation as usual).
+            request_logger.handle(
+                request_logger.makeRecord(
+                    request_logger.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "request",
+                    (),
+                    None,
+                    extra=fields,
+                )
+            )
         response.headers[REQUEST_ID_HEADER] = g.get("request_id") or request_id_from(None)
         return response

@@ -27,7 +27,12 @@ from serving.tables import Prediction, iso, utcnow
 
 def canonical_json(value: Any) -> str:
     """One spelling per value, so stored observations compare as strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _canonical(value)
+
+
+# json.dumps with these options, built once: json.dumps builds a new encoder for every call
+# that passes any option.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
 
 # How `canonical_json` spells the plain values a validated observation holds (json.dumps uses

@@ -48,9 +48,17 @@ class Frame:
         anything with strings is object), not pandas' own to_numpy, which would make bool
         next to numbers an object array: the values, once numeric, are the same either way.
         """
-        if not self.arrays:
+        arrays = self.arrays
+        if not arrays:
             return np.empty((self.n_rows, 0))
-        return np.column_stack(self.arrays)
+        if any(a.ndim != 1 for a in arrays):
+            return np.column_stack(arrays)
+        # What column_stack makes of 1-D columns (a new array, concatenate's result_type),
+        # without its per-column reshaping: a third of a single row's scoring time.
+        out = np.empty((self.n_rows, len(arrays)), dtype=np.result_type(*arrays))
+        for j, column in enumerate(arrays):
+            out[:, j] = column
+        return out
 
 
 Transform = Callable[[Any], np.ndarray]

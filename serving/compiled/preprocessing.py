@@ -121,6 +121,10 @@ _ZERO = -1  # encode as an all-zero block
 _ERROR = -2  # handle_unknown='error'
 
 
+# Below this many rows an encoder works cell by cell in Python (NumPy's per-call cost wins).
+_FEW_ROWS = 16
+
+
 @dataclass(frozen=True)
 class _Lookup:
     """One encoded input column: each known category's output position, NaN's, an unknown's."""
@@ -145,7 +149,7 @@ class _Lookup:
         usually few, are looked at again one by one. A few rows (single requests) go one by
         one at once: the second pass would cost them ~2 us per column.
         """
-        if len(values) < 16:
+        if len(values) < _FEW_ROWS:
             return np.fromiter(map(self.position, values), np.intp, len(values))
         codes = np.fromiter(map(self.table.get, values, repeat(self.unknown)), np.intp, len(values))
         if self.nan != self.unknown or self.unknown == _ERROR:
@@ -224,6 +228,15 @@ def _one_hot_encoder(enc: OneHotEncoder) -> Transform:
     def transform(X: Any) -> np.ndarray:
         X = as_matrix(X)
         out = np.zeros((X.shape[0], width), dtype=dtype)
+        if X.shape[0] < _FEW_ROWS:
+            # Single requests: one Python assignment per cell beats the three NumPy calls
+            # (codes, non-negative rows, fancy index) a batch takes per column.
+            for i, row in enumerate(X.tolist()):
+                for lookup, value in zip(lookups, row, strict=True):
+                    position = lookup.position(value)
+                    if position >= 0:
+                        out[i, position] = 1
+            return out
         for lookup, column in zip(lookups, X.T, strict=True):
             hot = lookup.positions(column.tolist())
             rows = np.flatnonzero(hot >= 0)
