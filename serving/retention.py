@@ -179,19 +179,17 @@ def _free_name(folder: Path, name: str) -> Path:
 
 
 def _chunks(query: str, params: list[Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """The query's rows, ROWS_PER_CHUNK at a time (PostgreSQL: a server-side cursor)."""
+    """The query's rows, ROWS_PER_CHUNK at a time (PostgreSQL: a cursor on the server, in the
+    transaction; peewee's connections are in autocommit mode, where psycopg2 has none)."""
     if is_sqlite():
         cursor = db.execute_sql(query, params)
-    else:
-        cursor = db.connection().cursor(name="prune_predictions")
-        cursor.itersize = ROWS_PER_CHUNK
-        with peewee.__exception_wrapper__:  # type: ignore[attr-defined]  # not in peewee-stubs
-            cursor.execute(query, params)
-    try:
         while rows := cursor.fetchmany(ROWS_PER_CHUNK):
             yield rows
-    finally:
-        cursor.close()
+        return
+    db.execute_sql(f"DECLARE prune_rows NO SCROLL CURSOR FOR {query}", params)
+    while rows := db.execute_sql(f"FETCH {ROWS_PER_CHUNK} FROM prune_rows").fetchall():
+        yield rows
+    db.execute_sql("CLOSE prune_rows")
 
 
 def _table(rows: list[tuple[Any, ...]]) -> pa.Table:
