@@ -98,13 +98,16 @@ def ensure(database: peewee.Database, now: dt.datetime, ahead: int = AHEAD_MONTH
     processes starting together make each one once."""
     if not is_partitioned(database):
         return []
-    have = {p.start for p in partitions(database)}
+    have = partitions(database)
     made = []
     start = month_start(now)
     for _ in range(ahead + 1):
-        if start not in have:
+        end = next_month(start)
+        # A month some partition covers already, even in part (one an operator made with
+        # other bounds), is left alone: PostgreSQL would refuse the overlap, and start-up with it.
+        if not any(p.start < end and start < p.end for p in have):
             made.append(create_month(database, start))
-        start = next_month(start)
+        start = end
     return made
 
 
