@@ -46,6 +46,8 @@ ROWS_PER_CHUNK = 50_000
 # PostgreSQL: dropping a partition needs the parent table to itself for an instant; waiting
 # longer would hold every request on the table behind the drop. The next run tries again.
 DROP_LOCK_TIMEOUT = "3s"
+# An arbitrary constant: every run of the command takes this advisory lock per set of rows.
+_PG_LOCK_KEY = 7_402_114
 
 
 @functools.cache
@@ -121,6 +123,11 @@ def retire(old: Old, folder: Path) -> Pruned:
     with write_transaction():
         if not is_sqlite():
             db.execute_sql("SET LOCAL statement_timeout = 0")
+            # Two runs at once take turns (SQLite's write transaction does it there); the
+            # second then finds the partition the first dropped gone.
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+            if db.execute_sql("SELECT to_regclass(%s)", (old.table,)).fetchone()[0] is None:
+                return Pruned(old.name, 0, None)
             # Writes (an /update of an old row) wait until the rows are gone or kept.
             db.execute_sql(f'LOCK TABLE "{old.table}" IN SHARE MODE')
         count = db.execute_sql(sql(f"SELECT COUNT(*) FROM {source}"), params).fetchone()[0]

@@ -4,6 +4,7 @@ the rows the files hold; newer rows stay, a second run does nothing, a failure d
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +13,8 @@ import pytest
 from serving import partitions, predictions
 from serving.database import close_all, db, is_sqlite
 from serving.tables import Prediction, PredictionKey, utcnow
-from tests.conftest import make_app
+from tests.conftest import REPO_ROOT, make_app
+from tests.environment import clean_environ
 from tests.test_partitions import at
 
 DAYS = 30
@@ -168,3 +170,39 @@ def test_without_a_retention_the_command_refuses(database_url, tmp_path):
     assert result.exit_code == 1
     assert "PREDICTION_RETENTION_DAYS is not set" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_export_each_row_once(app, database_url, tmp_path):
+    old, _new = store_old_and_new(app)
+    with app.app_context():
+        before = every_row()
+    close_all()
+    folder = tmp_path / "exports"
+    environ = clean_environ(
+        {
+            "DATABASE_URL": database_url,
+            "PREDICTION_RETENTION_DAYS": str(DAYS),
+            "MODELS_DIR": str(tmp_path / "none"),
+        }
+    )
+    flask = str(REPO_ROOT / ".venv/bin/flask")
+    runs = [
+        subprocess.Popen(
+            [flask, "--app", "app", "prune-predictions", "--to", str(folder)],
+            cwd=REPO_ROOT,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    with app.app_context():
+        after = every_row()
+    dropped = {i: row for i, row in before.items() if i not in after}
+    # Each dropped row is in exactly one file (in_files refuses an id seen twice).
+    assert in_files(folder) == dropped
+    assert {row[3] for row in dropped.values()} == set(old)
