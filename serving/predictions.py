@@ -418,7 +418,8 @@ def _insert(rows: Iterable[tuple[Any, ...]]) -> list[tuple[int, str, str]]:
         if not won:
             continue
         ids = {(e, o): i for i, e, o in won}
-        new = [(ids[(row[0], row[2])], *row) for row in chunk if (row[0], row[2]) in ids]
+        e, o = _KEY_AT[0], _KEY_AT[1]
+        new = [(ids[(row[e], row[o])], *row) for row in chunk if (row[e], row[o]) in ids]
         db.execute_sql(_insert_sql(len(new), param), [value for row in new for value in row])
         inserted.extend(won)
     return inserted
