@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,16 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         settings: Settings = app.config["SETTINGS"]
         if settings.migrate_on_start:
             migrations.migrate()
+        else:
+            # The schema is the operator's, but a month's partition should exist before its
+            # rows (without it they land in the default partition). A database that does not
+            # answer leaves it to the next start or `flask prune-predictions`.
+            try:
+                migrations.ensure_partitions()
+            except database.CONNECTION_ERRORS as exc:
+                logging.getLogger(__name__).warning(
+                    "prediction partitions not checked at start: %s", str(exc).strip()[:200]
+                )
         registry = Registry.load(settings, endpoints)
         # Versions published to the database, beside the folders (the same version in both
         # stops here with a sentence).

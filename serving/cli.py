@@ -17,6 +17,7 @@ from serving.errors import ServiceError
 from serving.folders import version_order
 from serving.lifecycle import STATUSES, Lifecycle
 from serving.model_commands import models_group
+from serving.retention import prune_command
 from serving.retraining.command import retrain_command
 
 
@@ -26,6 +27,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(keys_command)
     app.cli.add_command(models_group)
     app.cli.add_command(retrain_command)
+    app.cli.add_command(prune_command)
 
     @app.cli.command("migrate")
     def migrate_command() -> None:

@@ -164,6 +164,10 @@ class Settings:
     micro_batch_max_wait_ms: float = 0.0
     # prometheus_client's multiprocess directory: gunicorn's workers count into files there.
     metrics_dir: Path | None = None
+    # How many days a prediction is kept before `flask prune-predictions` exports it to
+    # Parquet and drops it (on PostgreSQL a month's partition goes once all of it is older).
+    # 0: kept forever, and the command refuses to run.
+    prediction_retention_days: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -226,6 +230,9 @@ class Settings:
                 env, "BATCH_MAX_WAIT_MS", defaults.micro_batch_max_wait_ms
             ),
             metrics_dir=_optional_path(env, "METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR"),
+            prediction_retention_days=_int(
+                env, "PREDICTION_RETENTION_DAYS", defaults.prediction_retention_days
+            ),
         )
 
     def updated(self, overrides: Mapping[str, object]) -> Settings:

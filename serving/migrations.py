@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as migrate_schema
 
+from serving import partitions
 from serving.database import db, is_sqlite
 from serving.tables import utcnow
 
@@ -194,6 +196,90 @@ def _create_published_versions(database: peewee.Database) -> None:
         database.create_tables([PublishedVersion, PublishedFile], safe=False)
 
 
+def _partition_predictions(database: peewee.Database) -> None:
+    """Ids unique through a narrow key table; on PostgreSQL the log partitioned by month.
+
+    A partitioned table's unique index must hold its partition column, so the unique
+    (endpoint, observation_id) moves to `prediction_key` (the key, the row's id and its time),
+    unpartitioned, on both databases alike: the store inserts the key first and the row only
+    when the key was new. Every row moves with its id, so shadow scores still point at it.
+    """
+    if is_sqlite(database):
+        # SQLite: the table stays; its rows get their keys, and AUTOINCREMENT on the key's id
+        # means an id once handed out is never handed out again, even after pruning.
+        database.execute_sql(
+            "CREATE TABLE prediction_key (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "endpoint VARCHAR(100) NOT NULL, observation_id VARCHAR(255) NOT NULL, "
+            "created_at DATETIME NOT NULL, UNIQUE (endpoint, observation_id))"
+        )
+        database.execute_sql(
+            "INSERT INTO prediction_key (id, endpoint, observation_id, created_at) "
+            "SELECT id, endpoint, observation_id, created_at FROM prediction ORDER BY id"
+        )
+        database.execute_sql("DROP INDEX prediction_endpoint_observation_id")
+        # Pruning picks rows by time.
+        database.execute_sql("CREATE INDEX prediction_created_at ON prediction (created_at)")
+        return
+    columns = (
+        "id, endpoint, model_version, observation_id, observation, proba, prediction, "
+        "true_class, created_at, updated_at, probabilities, value, ab_test, arm"
+    )
+    old_sequence = database.execute_sql(
+        "SELECT pg_get_serial_sequence('prediction', 'id')"
+    ).fetchone()[0]
+    last_id = database.execute_sql(f"SELECT last_value FROM {old_sequence}").fetchone()[0]
+    database.execute_sql("ALTER TABLE prediction RENAME TO prediction_unpartitioned")
+    database.execute_sql(
+        "CREATE TABLE prediction (id BIGINT NOT NULL, endpoint VARCHAR(100) NOT NULL, "
+        "model_version VARCHAR(100) NOT NULL, observation_id VARCHAR(255) NOT NULL, "
+        "observation TEXT NOT NULL, proba DOUBLE PRECISION, prediction TEXT, true_class TEXT, "
+        "created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP, probabilities TEXT, "
+        "value DOUBLE PRECISION, ab_test BIGINT, arm VARCHAR(1)) PARTITION BY RANGE (created_at)"
+    )
+    database.execute_sql("CREATE TABLE prediction_default PARTITION OF prediction DEFAULT")
+    # A partition for each month that holds rows (not every month between: none will come).
+    months = database.execute_sql(
+        "SELECT DISTINCT date_trunc('month', created_at) FROM prediction_unpartitioned"
+    ).fetchall()
+    for (start,) in sorted(months):
+        end = dt.datetime(start.year + start.month // 12, start.month % 12 + 1, 1)
+        database.execute_sql(
+            f"CREATE TABLE prediction_{start.year:04d}_{start.month:02d} PARTITION OF "
+            f"prediction FOR VALUES FROM ('{start:%Y-%m-%d}') TO ('{end:%Y-%m-%d}')"
+        )
+    database.execute_sql(
+        f"INSERT INTO prediction ({columns}) SELECT {columns} FROM prediction_unpartitioned"
+    )
+    database.execute_sql(
+        "CREATE TABLE prediction_key (id BIGSERIAL NOT NULL, endpoint VARCHAR(100) NOT NULL, "
+        "observation_id VARCHAR(255) NOT NULL, created_at TIMESTAMP NOT NULL, "
+        "PRIMARY KEY (endpoint, observation_id))"
+    )
+    database.execute_sql(
+        "INSERT INTO prediction_key (id, endpoint, observation_id, created_at) "
+        "SELECT id, endpoint, observation_id, created_at FROM prediction_unpartitioned"
+    )
+    # New ids continue after every id the old sequence handed out, stored or not.
+    database.execute_sql(
+        "SELECT setval(pg_get_serial_sequence('prediction_key', 'id'), "
+        "GREATEST(%s, (SELECT COALESCE(MAX(id), 0) FROM prediction_key), 1))",
+        (last_id,),
+    )
+    # A row written around the store (a backfill in SQL) still gets an id no key will reuse.
+    database.execute_sql(
+        "ALTER TABLE prediction ALTER COLUMN id SET DEFAULT "
+        "nextval(pg_get_serial_sequence('prediction_key', 'id')::regclass)"
+    )
+    database.execute_sql("DROP TABLE prediction_unpartitioned")
+    # Indexes after the rows: faster than keeping them up row by row.
+    database.execute_sql("ALTER TABLE prediction ADD PRIMARY KEY (id, created_at)")
+    database.execute_sql(
+        "CREATE INDEX prediction_endpoint_model_version_created_at "
+        "ON prediction (endpoint, model_version, created_at)"
+    )
+    database.execute_sql("CREATE INDEX prediction_ab_test_arm ON prediction (ab_test, arm)")
+
+
 Migration = tuple[int, str, Callable[[peewee.Database], None]]
 
 MIGRATIONS: list[Migration] = [
@@ -203,6 +289,7 @@ MIGRATIONS: list[Migration] = [
     (4, "A/B tests, shadow versions and scores", _add_experiments),
     (5, "create api_key", _create_api_keys),
     (6, "create published_version and published_file", _create_published_versions),
+    (7, "prediction: ids in prediction_key, partitioned by month", _partition_predictions),
 ]
 
 
@@ -239,4 +326,17 @@ def migrate(database: peewee.Database | None = None, target: int | None = None) 
             step(database)
             SchemaVersion.create(version=version, name=name)
             applied.append(version)
+        partitions.ensure(database, utcnow())
     return applied
+
+
+def ensure_partitions(database: peewee.Database | None = None) -> list[str]:
+    """Make the prediction partitions due now and ahead (PostgreSQL), under the migration
+    lock; for a start with MIGRATE_ON_START off and for `flask prune-predictions`."""
+    database = database or db.obj
+    if is_sqlite(database):
+        return []
+    with database.atomic():
+        database.execute_sql("SET LOCAL statement_timeout = 0")
+        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+        return partitions.ensure(database, utcnow())

@@ -1,4 +1,9 @@
-"""Storing predictions and their ground truth: idempotent on (endpoint, observation id)."""
+"""Storing predictions and their ground truth: idempotent on (endpoint, observation id).
+
+The key (endpoint, observation id) is unique in `prediction_key`, not in `prediction` (which
+PostgreSQL partitions by time, where no unique index can leave the time out): a row is
+written only when its key was new, and found again through its key's id and time.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from serving.database import (
 )
 from serving.errors import Conflict, ObservationNotFound, Unavailable, detail
 from serving.payloads import id_key
-from serving.tables import Prediction, iso, utcnow
+from serving.tables import Prediction, PredictionKey, iso, utcnow
 
 
 def canonical_json(value: Any) -> str:
@@ -273,11 +278,23 @@ _ROWS_PER_STATEMENT = 500
 @functools.lru_cache(maxsize=128)
 def _insert_sql(rows: int, param: str) -> str:
     # Written once per batch size: on the hot path, peewee building the same INSERT again
-    # for every batch cost more than executing it.
-    one = "(" + ", ".join([param] * len(_INSERTED)) + ")"
-    columns = ", ".join(f'"{c}"' for c in _INSERTED)
+    # for every batch cost more than executing it. The ids come from the keys just won.
+    one = "(" + ", ".join([param] * (len(_INSERTED) + 1)) + ")"
+    columns = ", ".join(f'"{c}"' for c in ("id", *_INSERTED))
+    return f'INSERT INTO "prediction" ({columns}) VALUES {", ".join([one] * rows)}'
+
+
+# The key's columns: what makes an id unique, and where its row is (id and time).
+_KEY = ("endpoint", "observation_id", "created_at")
+_KEY_AT = tuple(_INSERTED.index(c) for c in _KEY)
+
+
+@functools.lru_cache(maxsize=128)
+def _key_sql(rows: int, param: str) -> str:
+    one = "(" + ", ".join([param] * len(_KEY)) + ")"
+    columns = ", ".join(f'"{c}"' for c in _KEY)
     return (
-        f'INSERT INTO "prediction" ({columns}) VALUES {", ".join([one] * rows)} '
+        f'INSERT INTO "prediction_key" ({columns}) VALUES {", ".join([one] * rows)} '
         'ON CONFLICT DO NOTHING RETURNING "id", "endpoint", "observation_id"'
     )
 
@@ -318,7 +335,7 @@ def _stored(batch: NewPredictions, positions: list[int]) -> list[tuple[str, str]
     found: list[tuple[str, str]] = []
     for endpoint, ids in by_endpoint.items():
         cursor = db.execute_sql(
-            'SELECT "endpoint", "observation_id" FROM "prediction" '
+            'SELECT "endpoint", "observation_id" FROM "prediction_key" '
             'WHERE "endpoint" = %s AND "observation_id" = ANY(%s)',
             (endpoint, ids),
         )
@@ -341,11 +358,12 @@ def _copy(batch: NewPredictions, positions: list[int]) -> dict[tuple[str, str], 
         cursor = db.cursor()
         cursor.execute(
             # The sequence's name is looked up once (a subquery), not once per row.
-            "SELECT nextval((SELECT pg_get_serial_sequence('prediction', 'id'))) "
+            "SELECT nextval((SELECT pg_get_serial_sequence('prediction_key', 'id'))) "
             "FROM generate_series(1, %s)",
             (len(positions),),
         )
         ids = [row[0] for row in cursor.fetchall()]
+        _copy_keys(cursor, ids, picked)
         columns = [list(map(str, ids))] + [_copy_text(c, picked[c]) for c in _INSERTED]
         text = "".join(map("\t".join, zip(*columns, strict=True)))
         names = ", ".join(f'"{c}"' for c in ("id", *_INSERTED))
@@ -354,6 +372,18 @@ def _copy(batch: NewPredictions, positions: list[int]) -> dict[tuple[str, str], 
         )
     keys = zip(picked["endpoint"], picked["observation_id"], strict=True)
     return dict(zip(keys, ids, strict=True))
+
+
+def _copy_keys(cursor: Any, ids: list[int], picked: dict[str, list[Any]]) -> None:
+    """COPY the rows' keys first: an id stored already fails here, before any row is sent."""
+    # created_at is the last inserted column too: its text ends the line.
+    columns = [list(map(str, ids))] + [_copy_text(c, picked[c]) for c in _KEY]
+    text = "".join(map("\t".join, zip(*columns, strict=True)))
+    cursor.copy_expert(
+        'COPY "prediction_key" ("id", "endpoint", "observation_id", "created_at") FROM STDIN',
+        io.StringIO(text),
+        size=1 << 20,
+    )
 
 
 def _copy_text(column: str, values: list[Any]) -> list[str]:
@@ -379,14 +409,24 @@ def _copy_text(column: str, values: list[Any]) -> list[str]:
 
 
 def _insert(rows: Iterable[tuple[Any, ...]]) -> list[tuple[int, str, str]]:
-    """Insert-or-ignore; return (id, endpoint, observation_id) of the rows actually inserted."""
+    """Insert-or-ignore; return (id, endpoint, observation_id) of the rows actually inserted.
+
+    The keys go first (insert-or-ignore on the one unique index); only the rows whose key
+    was new are written, under the id their key got. Rows hold distinct keys."""
     pending = list(rows)
     inserted: list[tuple[int, str, str]] = []
+    param = dialect.param()
     for start in range(0, len(pending), _ROWS_PER_STATEMENT):
         chunk = pending[start : start + _ROWS_PER_STATEMENT]
-        params = [value for row in chunk for value in row]
-        cursor = db.execute_sql(_insert_sql(len(chunk), dialect.param()), params)
-        inserted.extend(cursor.fetchall())
+        keys = [row[i] for row in chunk for i in _KEY_AT]
+        won = db.execute_sql(_key_sql(len(chunk), param), keys).fetchall()
+        if not won:
+            continue
+        ids = {(e, o): i for i, e, o in won}
+        e, o = _KEY_AT[0], _KEY_AT[1]
+        new = [(ids[(row[e], row[o])], *row) for row in chunk if (row[e], row[o]) in ids]
+        db.execute_sql(_insert_sql(len(new), param), [value for row in new for value in row])
+        inserted.extend(won)
     return inserted
 
 
@@ -400,21 +440,30 @@ def _fetch(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Prediction]
             found.update(_fetch_many(endpoint, ids))
             continue
         for start in range(0, len(ids), _ROWS_PER_STATEMENT):
-            query = Prediction.select().where(
-                (Prediction.endpoint == endpoint)
-                & Prediction.observation_id.in_(ids[start : start + _ROWS_PER_STATEMENT])
+            query = _keyed().where(
+                (PredictionKey.endpoint == endpoint)
+                & PredictionKey.observation_id.in_(ids[start : start + _ROWS_PER_STATEMENT])
             )
             found.update({(p.endpoint, p.observation_id): p for p in query})
     return found
+
+
+def _keyed() -> peewee.ModelSelect[Prediction]:
+    """Stored rows found through their keys: the key's id and time name one row, and on
+    PostgreSQL the time names its partition, so no other partition is searched."""
+    same = (PredictionKey.id == Prediction.id) & (PredictionKey.created_at == Prediction.created_at)
+    return Prediction.select().join(PredictionKey, on=same)
 
 
 def _fetch_many(endpoint: str, ids: list[str]) -> dict[tuple[str, str], Prediction]:
     """Many stored rows of one endpoint in one query (PostgreSQL): an array parameter is
     planned once, where IN lists of 500 cost a planning each."""
     names = [f.column_name for f in Prediction._meta.sorted_fields]
-    columns = ", ".join(f'"{name}"' for name in names)
+    columns = ", ".join(f'p."{name}"' for name in names)
     cursor = db.execute_sql(
-        f'SELECT {columns} FROM "prediction" WHERE "endpoint" = %s AND "observation_id" = ANY(%s)',
+        f'SELECT {columns} FROM "prediction_key" k JOIN "prediction" p '
+        'ON p."id" = k."id" AND p."created_at" = k."created_at" '
+        'WHERE k."endpoint" = %s AND k."observation_id" = ANY(%s)',
         (endpoint, ids),
     )
     rows = [Prediction(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
@@ -456,21 +505,33 @@ def record_truth(endpoint: str, observation_id: str | int, true_class: Any) -> P
 
 @unit_of_work()
 def _stored_row(endpoint: str, key: str) -> Prediction | None:
-    return Prediction.get_or_none(
-        (Prediction.endpoint == endpoint) & (Prediction.observation_id == key)
+    return (
+        _keyed()
+        .where((PredictionKey.endpoint == endpoint) & (PredictionKey.observation_id == key))
+        .first()
     )
 
 
 @unit_of_work(write=True)
 def _set_truth(endpoint: str, key: str, truth_json: str) -> Prediction | None:
+    stored = (
+        PredictionKey.select(PredictionKey.id, PredictionKey.created_at)
+        .where((PredictionKey.endpoint == endpoint) & (PredictionKey.observation_id == key))
+        .tuples()
+        .first()
+    )
+    if stored is None:
+        return None
+    # Id and time as values: PostgreSQL then plans the UPDATE for one partition only.
+    row = (Prediction.id == stored[0]) & (Prediction.created_at == stored[1])
     updated = (
         Prediction.update(true_class=truth_json, updated_at=dialect.now_after_row_lock())
-        .where((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
+        .where(row)
         .execute()
     )
     if not updated:
         return None
-    return Prediction.get((Prediction.endpoint == endpoint) & (Prediction.observation_id == key))
+    return Prediction.get(row)
 
 
 def _not_found(observation_id: str | int) -> ObservationNotFound:

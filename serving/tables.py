@@ -31,7 +31,11 @@ class BaseTable(peewee.Model):
 
 class Prediction(BaseTable):
     """One scored observation. Labels and observations are stored as JSON text, portable to
-    SQLite and PostgreSQL alike and compared as canonical strings."""
+    SQLite and PostgreSQL alike and compared as canonical strings.
+
+    On PostgreSQL the table is partitioned by month of `created_at` (`serving.partitions`),
+    its primary key (id, created_at); an id is unique per endpoint through `PredictionKey`,
+    never through this table: write rows with `predictions.save`, which keeps both."""
 
     id = peewee.BigAutoField()
     endpoint = peewee.CharField(max_length=100)
@@ -53,10 +57,24 @@ class Prediction(BaseTable):
     class Meta:
         table_name = "prediction"
         indexes = (
-            (("endpoint", "observation_id"), True),
             (("endpoint", "model_version", "created_at"), False),
             (("ab_test", "arm"), False),
         )
+
+
+class PredictionKey(BaseTable):
+    """The one uniqueness of an observation id: (endpoint, observation id) to the stored row's
+    id and time, which find the row in its partition. Unpartitioned, so unique across all
+    time; a key goes when `flask prune-predictions` drops its row, and the id is free again."""
+
+    id = peewee.BigIntegerField()
+    endpoint = peewee.CharField(max_length=100)
+    observation_id = peewee.CharField(max_length=255)
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "prediction_key"
+        primary_key = peewee.CompositeKey("endpoint", "observation_id")
 
 
 class VersionStatus(BaseTable):

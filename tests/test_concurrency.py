@@ -85,13 +85,14 @@ def test_50_concurrent_updates_of_one_id_store_the_last(database_url, tmp_path):
 
 
 def test_unique_index_is_what_guards_duplicates(database_url, app):
-    # Belt and braces: even a writer that skips our code cannot store an id twice.
-    from serving.tables import Prediction
+    # Belt and braces: even a writer that skips our code cannot store an id's key twice (the
+    # key table holds the one unique index; the partitioned prediction table cannot).
+    from serving.tables import PredictionKey
 
-    row = dict(endpoint="default", model_version="1", observation_id="x", observation="{}")
-    Prediction.insert(**row).execute()
+    key = dict(id=1, endpoint="default", observation_id="x", created_at="2026-11-30 10:00:00")
+    PredictionKey.insert(**key).execute()
     with pytest.raises(peewee.IntegrityError):
-        Prediction.insert(**row).execute()
+        PredictionKey.insert(**{**key, "id": 2}).execute()
 
 
 def test_an_answered_prediction_is_already_committed(database_url, tmp_path):

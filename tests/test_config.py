@@ -58,11 +58,17 @@ def test_unknown_overrides_are_refused():
         ({"STATUS_REFRESH_SECONDS": "-1"}, "STATUS_REFRESH_SECONDS must be at least 0"),
         ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must start with sqlite:///"),
+        ({"PREDICTION_RETENTION_DAYS": "-7"}, "PREDICTION_RETENTION_DAYS must be at least 0"),
     ],
 )
 def test_typos_and_out_of_range_values_are_refused(environ, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(environ)
+
+
+def test_retention_is_forever_unless_set():
+    assert Settings.from_env({}).prediction_retention_days == 0
+    assert Settings.from_env({"PREDICTION_RETENTION_DAYS": "90"}).prediction_retention_days == 90
 
 
 def test_switches_take_the_usual_spellings():

@@ -1,0 +1,103 @@
+"""The prediction log by month: rows land in their month's partition (PostgreSQL), and an id
+stays unique across partitions (both databases), replayed and updated wherever its row is."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from serving import migrations, partitions, predictions
+from serving.database import db, is_sqlite
+from serving.predictions import NewPredictions, canonical_json
+from serving.tables import Prediction, PredictionKey, utcnow
+
+
+def at(moments: dict[str, dt.datetime], x: float = 1.0) -> NewPredictions:
+    """One row of the default endpoint per id, stored at the given time."""
+    n = len(moments)
+    return NewPredictions(
+        endpoint=["default"] * n,
+        model_version=["1"] * n,
+        observation_id=list(moments),
+        observation=[canonical_json({"x": x})] * n,
+        proba=[0.25] * n,
+        prediction=["0"] * n,
+        probabilities=[None] * n,
+        value=[None] * n,
+        ab_test=[None] * n,
+        arm=[None] * n,
+        created_at=list(moments.values()),
+    )
+
+
+def months_from_now(months: int) -> dt.datetime:
+    """The 15th, noon, of the month `months` after (or before) this one."""
+    start = partitions.month_start(utcnow())
+    for _ in range(abs(months)):
+        start = (
+            partitions.next_month(start)
+            if months > 0
+            else partitions.month_start(start - dt.timedelta(days=1))
+        )
+    return start.replace(day=15, hour=12)
+
+
+def where_each_row_is() -> dict[str, str]:
+    """Observation id to the table that holds its row (PostgreSQL's tableoid)."""
+    cursor = db.execute_sql("SELECT observation_id, tableoid::regclass::text FROM prediction")
+    return dict(cursor.fetchall())
+
+
+def test_rows_over_several_months_land_in_their_partitions_and_replay(app):
+    # This month and the three after are made at start; a month long past has no partition.
+    moments = {f"m{k}": months_from_now(k) for k in range(4)}
+    moments["long-ago"] = dt.datetime(2019, 5, 15, 12)
+    with app.app_context():
+        stored = predictions.save(at(moments))
+        assert all(isinstance(outcome, int) for outcome in stored)
+        ids = dict(zip(moments, stored, strict=True))
+        if not is_sqlite():
+            made = {p.name for p in partitions.partitions(db.obj)}
+            expected = {
+                oid: partitions.name_of(partitions.month_start(moment))
+                for oid, moment in moments.items()
+            }
+            assert {expected[f"m{k}"] for k in range(4)} <= made
+            expected["long-ago"] = partitions.DEFAULT
+            assert where_each_row_is() == expected
+
+        # Replayed now, each id finds its row in whichever partition holds it; a changed
+        # observation conflicts.
+        now = {oid: utcnow() for oid in moments}
+        again = predictions.save(at(now))
+        assert [row.id for row in again] == [ids[oid] for oid in moments]
+        assert [row.created_at for row in again] == list(moments.values())
+        assert predictions.save(at(now, x=2.0)) == [None] * len(moments)
+        assert Prediction.select().count() == PredictionKey.select().count() == len(moments)
+
+        # /update finds its prediction in every partition, the default one included.
+        for oid in moments:
+            assert predictions.record_truth("default", oid, 1).id == ids[oid]
+
+        if not is_sqlite():
+            # Its month's partition made later, the stray row moves in and is still found.
+            with db.atomic():
+                partitions.create_month(db.obj, dt.datetime(2019, 5, 1))
+            assert where_each_row_is()["long-ago"] == "prediction_2019_05"
+            assert predictions.find("default", "long-ago").id == ids["long-ago"]
+            assert predictions.save(at({"long-ago": utcnow()}))[0].id == ids["long-ago"]
+
+
+def test_partitions_are_made_ahead_once(app):
+    with app.app_context():
+        db.connect(reuse_if_open=True)
+        if is_sqlite():
+            assert migrations.ensure_partitions() == []
+            return
+        names = [p.name for p in partitions.partitions(db.obj)]
+        this_month = partitions.month_start(utcnow())
+        assert names[0] == partitions.name_of(this_month)
+        assert len(names) == partitions.AHEAD_MONTHS + 1
+        # Made at start already: another start, or the command, makes none.
+        assert migrations.ensure_partitions() == []
+        assert migrations.migrate() == []
+        assert [p.name for p in partitions.partitions(db.obj)] == names
