@@ -242,6 +242,29 @@ def _create_rollups(database: peewee.Database) -> None:
             table_name = "rollup_binary"
             indexes = ((("endpoint", "model_version", "hour"), False), (("hour",), False))
 
+    class RollupBinaryDaily(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        day = peewee.BigIntegerField()
+        bucket = peewee.IntegerField()
+        truth = peewee.TextField()
+        predicted = peewee.TextField(null=True)
+        rows = peewee.BigIntegerField()
+        proba_sum = peewee.DoubleField()
+        log_loss_pos = peewee.DoubleField()
+        log_loss_pos_squares = peewee.DoubleField()
+        log_loss_neg = peewee.DoubleField()
+        log_loss_neg_squares = peewee.DoubleField()
+        brier_pos = peewee.DoubleField()
+        brier_pos_squares = peewee.DoubleField()
+        brier_neg = peewee.DoubleField()
+        brier_neg_squares = peewee.DoubleField()
+
+        class Meta:
+            table_name = "rollup_binary_daily"
+            indexes = ((("endpoint", "model_version", "day"), False), (("day",), False))
+
     class RollupRegression(peewee.Model):
         id = peewee.BigAutoField()
         endpoint = peewee.CharField(max_length=100)
@@ -260,7 +283,7 @@ def _create_rollups(database: peewee.Database) -> None:
             table_name = "rollup_regression"
             indexes = ((("endpoint", "model_version", "hour"), True), (("hour",), False))
 
-    tables = [RollupState, RollupCount, RollupBinary, RollupRegression]
+    tables = [RollupState, RollupCount, RollupBinary, RollupBinaryDaily, RollupRegression]
     with database.bind_ctx(tables):
         database.create_tables(tables, safe=False)
     # The rollup job reads the log an hour at a time, and finds the hours whose ground truth

@@ -6,7 +6,10 @@ reports sum: `rollup_count` (predictions and labelled ones: traffic, the counts 
 stored truth and stored label, with the sums behind log loss and Brier score: confusion
 matrix, calibration, ROC AUC) and `rollup_regression` (the sums behind MAE, RMSE and R²).
 Each hour's rows are the same sums `serving.quality` takes over the raw log, so a report
-from rollups plus raw rows agrees with a full scan to rounding.
+from rollups plus raw rows agrees with a full scan to rounding. An hour of a busy binary
+classifier holds up to a few thousand groups (AUC_BUCKETS buckets, two truths, mostly one
+label per bucket), so `rollup_binary_daily` sums them again per whole day: a month's report
+reads about 30 days of groups, not 720 hours of them.
 
 `fold` keeps them: it rolls up every hour that ended SETTLE_SECONDS ago ("sealed"), and
 rolls up again every sealed hour in which a ground truth arrived since it last ran (the
@@ -53,6 +56,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HOUR = 3600
+DAY_HOURS = 24
 # An hour is sealed this long after it ends (see the module docstring), and ground truths
 # are looked for this far before the last fold.
 SETTLE_SECONDS = 300
@@ -161,6 +165,12 @@ def _fold_step(now: dt.datetime | None) -> tuple[int, int, int | None, bool]:
     for first, last in [*_runs(relabelled), (sealed, end)]:
         if last > first:
             _roll(first, last)
+    # Whole days are summed again from their hours once every hour of them is sealed: the
+    # days this step completed, and complete days with a relabelled hour.
+    days = set(range(sealed // DAY_HOURS, end // DAY_HOURS))
+    days |= {hour // DAY_HOURS for hour in relabelled if hour // DAY_HOURS < end // DAY_HOURS}
+    for first, last in _runs(sorted(days)):
+        _roll_days(first, last)
     # Every ground truth not in the rollups now was committed after this fold began, so it
     # carries a time after `settled` (the module docstring's assumption).
     values = (end, _text(settled), _text(now))
@@ -230,17 +240,36 @@ def _roll(first: int, last: int) -> None:
     )
 
 
+def _roll_days(first: int, last: int) -> None:
+    """Sum days [first, last) of `rollup_binary` into `rollup_binary_daily`."""
+    db.execute_sql(
+        dialect.sql("DELETE FROM rollup_binary_daily WHERE day >= ? AND day < ?"), (first, last)
+    )
+    db.execute_sql(
+        dialect.sql(
+            "INSERT INTO rollup_binary_daily (endpoint, model_version, day, bucket, truth, "
+            "predicted, rows, proba_sum, log_loss_pos, log_loss_pos_squares, log_loss_neg, "
+            "log_loss_neg_squares, brier_pos, brier_pos_squares, brier_neg, "
+            f"brier_neg_squares) SELECT endpoint, model_version, hour / {DAY_HOURS}, bucket, "
+            f"truth, predicted, {_BINARY_SUMS} FROM rollup_binary "
+            "WHERE hour >= ? AND hour < ? GROUP BY 1, 2, 3, 4, 5, 6"
+        ),
+        (first * DAY_HOURS, last * DAY_HOURS),
+    )
+
+
 @unit_of_work(write=True, long_running=True)
-def _forget() -> None:
+def forget() -> None:
+    """Drop every rollup: reports read the whole log until the next fold."""
     dialect.take_turns(_LOCK_KEY)
-    for table in (*_TABLES, "rollup_state"):
+    for table in (*_TABLES, "rollup_binary_daily", "rollup_state"):
         db.execute_sql(f"DELETE FROM {table}")
 
 
 def rebuild(now: dt.datetime | None = None) -> Folded:
     """Drop every rollup and fold the whole log again (after rows were written or deleted
     behind the service's back)."""
-    _forget()
+    forget()
     return fold(now)
 
 
@@ -274,6 +303,26 @@ class Plan:
     def hours_sql(self) -> tuple[str, tuple[Any, ...]]:
         """The WHERE of this version's rollup rows in the plan's hours, and its parameters."""
         return self._where("hour", self.hours, lambda hour: hour)
+
+    def days_sql(self) -> tuple[str, tuple[Any, ...], str, tuple[Any, ...]]:
+        """The plan's hours as whole days and the hours left over: the WHERE of this
+        version's daily rollup rows and its parameters, then the same of its hourly ones."""
+        days: list[tuple[int | None, int]] = []
+        hours: list[tuple[int | None, int]] = []
+        for low, high in self.hours:
+            first = None if low is None else -(-low // DAY_HOURS)
+            last = high // DAY_HOURS
+            if first is not None and first >= last:
+                hours.append((low, high))
+                continue
+            days.append((first, last))
+            if low is not None and first is not None and low < first * DAY_HOURS:
+                hours.append((low, first * DAY_HOURS))
+            if last * DAY_HOURS < high:
+                hours.append((last * DAY_HOURS, high))
+        by_day = self._where("day", days, lambda day: day)
+        by_hour = self._where("hour", hours, lambda hour: hour)
+        return (*by_day, *by_hour)
 
     def raw_sql(self) -> tuple[str, tuple[Any, ...]]:
         """The WHERE of this version's raw rows the plan reads, and its parameters."""
@@ -351,11 +400,16 @@ _BINARY_SUMS = (
 
 def _binary_groups(model: LoadedModel, plan_: Plan) -> list[tuple[Any, ...]]:
     """The groups `quality.binary_measurement` takes (bucketed), from rollups and raw rows."""
-    where, params = plan_.hours_sql()
+    by_day, day_params, by_hour, hour_params = plan_.days_sql()
     found = dialect.rows(
+        f"SELECT bucket, truth, predicted, {_BINARY_SUMS} FROM rollup_binary_daily "
+        f"WHERE {by_day} GROUP BY 1, 2, 3",
+        day_params,
+    )
+    found += dialect.rows(
         f"SELECT bucket, truth, predicted, {_BINARY_SUMS} FROM rollup_binary "
-        f"WHERE {where} GROUP BY 1, 2, 3",
-        params,
+        f"WHERE {by_hour} GROUP BY 1, 2, 3",
+        hour_params,
     )
     where, params = plan_.raw_sql()
     sql, sums_params = quality.binary_sums([], where)

@@ -241,6 +241,33 @@ class RollupBinary(BaseTable):
         indexes = ((("endpoint", "model_version", "hour"), False), (("hour",), False))
 
 
+class RollupBinaryDaily(BaseTable):
+    """`rollup_binary` summed over whole days (`day`: days since the Unix epoch, UTC): a
+    long time range reads a few thousand groups per day instead of per hour."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    model_version = peewee.CharField(max_length=100)
+    day = peewee.BigIntegerField()
+    bucket = peewee.IntegerField()
+    truth = peewee.TextField()
+    predicted = peewee.TextField(null=True)
+    rows = peewee.BigIntegerField()
+    proba_sum = peewee.DoubleField()
+    log_loss_pos = peewee.DoubleField()
+    log_loss_pos_squares = peewee.DoubleField()
+    log_loss_neg = peewee.DoubleField()
+    log_loss_neg_squares = peewee.DoubleField()
+    brier_pos = peewee.DoubleField()
+    brier_pos_squares = peewee.DoubleField()
+    brier_neg = peewee.DoubleField()
+    brier_neg_squares = peewee.DoubleField()
+
+    class Meta:
+        table_name = "rollup_binary_daily"
+        indexes = ((("endpoint", "model_version", "day"), False), (("day",), False))
+
+
 class RollupRegression(BaseTable):
     """Labelled predictions of a regression's version in one hour: the sums `quality`
     measures a regression with (null where no row was measurable)."""

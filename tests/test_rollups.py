@@ -117,18 +117,20 @@ def _rolled_labelled(endpoint: str, hour: int) -> int:
 def test_reports_from_rollups_equal_a_full_scan(app, monkeypatch, exact_rows):
     monkeypatch.setattr(quality, "EXACT_ROWS", exact_rows)
     now = utcnow()
-    _log(now)
-    # Before any fold everything is raw; after, all but the newest hours are rolled up.
+    _log(now, hours=60)
+    # Before any fold everything is raw; after, all but the newest hours are rolled up, and
+    # every whole day (at least one of 60 hours) is summed per day too.
     for endpoint in ("tiny", "line"):
         _agree(app, endpoint)
     folded = rollups.fold(now)
-    assert folded.sealed >= 28 and folded.sealed_hour is not None
+    assert folded.sealed >= 58 and folded.sealed_hour is not None
     assert folded.sealed_hour <= rollups.hour_of(now)
+    assert sql_rows("SELECT COUNT(DISTINCT day) FROM rollup_binary_daily", ())[0][0] >= 1
     for endpoint in ("tiny", "line"):
         full = _agree(app, endpoint)
-        assert full["labelled"] > 0 and full["predictions"] == 1200
+        assert full["labelled"] > 0 and full["predictions"] == 2400
     # Windows cut inside hours, partly in the rolled-up hours and partly not.
-    since = now - dt.timedelta(hours=20, minutes=17, seconds=3)
+    since = now - dt.timedelta(hours=50, minutes=17, seconds=3)
     until = now - dt.timedelta(hours=2, minutes=41)
     for endpoint in ("tiny", "line"):
         _agree(app, endpoint, since, until)
