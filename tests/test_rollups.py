@@ -143,12 +143,16 @@ def test_a_late_label_counts_at_once_and_changes_its_hours_rollup(app, monkeypat
     monkeypatch.setattr(quality, "EXACT_ROWS", 10)
     client = app.test_client()
     now = utcnow()
-    _log(now)
+    _log(now, hours=60)
     rollups.fold(now)
+    # Yesterday: a whole day, rolled up per hour and per day.
+    today = dt.datetime(now.year, now.month, now.day)
     unlabelled = (
         Prediction.select()
         .where(
-            Prediction.true_class.is_null() & (Prediction.created_at < now - dt.timedelta(hours=10))
+            Prediction.true_class.is_null()
+            & (Prediction.created_at >= today - dt.timedelta(days=1))
+            & (Prediction.created_at < today)
         )
         .order_by(Prediction.id)
     )
