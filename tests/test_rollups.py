@@ -202,6 +202,12 @@ def test_new_predictions_in_the_current_hour_count_at_once(app, monkeypatch):
     assert full["predictions"] == 6 * 40 + 20
     answer = client.get("/api/v1/tiny/performance").get_json()["versions"][0]
     _close(answer, {"version": "1", **full}, "http")
+    # The widest window there is, and one at the end of time: answers, not 500s.
+    widest = "since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z"
+    answer = client.get(f"/api/v1/tiny/performance?{widest}").get_json()["versions"][0]
+    _close(answer, {"version": "1", **full}, "widest")
+    late = client.get("/api/v1/tiny/performance?since=9999-12-31T23:30:00Z")
+    assert late.status_code == 200 and late.get_json()["versions"][0]["predictions"] == 0
 
 
 def test_traffic_from_rollups_counts_as_the_log(app):
