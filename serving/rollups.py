@@ -107,10 +107,11 @@ class Folded:
 
     def describe(self) -> str:
         """One line for the command and the log."""
-        until = "nothing" if self.sealed_hour is None else _text(hour_start(self.sealed_hour))
+        if self.sealed_hour is None:
+            return "nothing to roll up: no prediction is logged yet"
         return (
             f"rolled up {self.sealed} new hour(s) and {self.relabelled} relabelled hour(s); "
-            f"rollups cover everything before {until}"
+            f"rollups cover everything before {_text(hour_start(self.sealed_hour))} UTC"
         )
 
 
