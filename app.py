@@ -11,6 +11,8 @@ except SettingsError as exc:
 
 if __name__ == "__main__":
     from serving.hot_loading import start_watching
+    from serving.rollups import start_folding
 
     start_watching(app)
+    start_folding(app)
     app.run(host="0.0.0.0", port=app.config["SETTINGS"].port, threaded=True)

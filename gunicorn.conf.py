@@ -86,9 +86,13 @@ def on_starting(server) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """In each worker, after the fork: watch the database for newly published versions (a
-    thread started in the master would not survive the fork)."""
+    """In each worker, after the fork: watch the database for newly published versions and
+    fold the reports' rollups (a thread started in the master would not survive the fork)."""
+    # Here, not at the top: the master need not import the reports (scikit-learn's metrics).
+    from serving import rollups
+
     hot_loading.start_watching(worker.wsgi)
+    rollups.start_folding(worker.wsgi)
 
 
 def child_exit(server, worker) -> None:

@@ -97,7 +97,7 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
     every endpoint, or only `endpoints` for a command that needs no others. A broken model
     folder stops here with a sentence naming it."""
     # Here, not at the top: a command that loads no model never imports them (REQUEST_MODULES).
-    from serving import dataplane, hot_loading
+    from serving import dataplane, hot_loading, rollups
     from serving.experiments import Experiments
     from serving.registry import Registry
     from serving.shadows import Shadows
@@ -138,6 +138,7 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
         loader = hot_loading.HotLoader(registry, settings, lifecycle.forget)
         registry.loader = loader.ensure
         app.extensions["hot_loader"] = loader
+        app.extensions["rollup_folder"] = rollups.Folder(settings.rollup_seconds)
         # Published last: a concurrent first request never sees half of it.
         app.extensions["registry"] = registry
         # Nothing opened here may be inherited by forked workers (gunicorn --preload).

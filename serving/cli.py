@@ -44,6 +44,19 @@ def init_app(app: Flask) -> None:
         else:
             click.echo(f"schema is up to date at version {migrations.current_version()}")
 
+    @app.cli.command("rollups")
+    @click.option("--rebuild", is_flag=True, help="drop every rollup and fold the whole log again")
+    def rollups_command(rebuild: bool) -> None:
+        """Fold new predictions and ground truths into the hourly rollups the reports read
+        (the service does it every ROLLUP_SECONDS; several at once take turns)."""
+        from serving import rollups  # here: the reports import scikit-learn's metrics
+
+        if current_app.config["SETTINGS"].migrate_on_start:
+            migrations.migrate()
+        folded = rollups.rebuild() if rebuild else rollups.fold()
+        database.close_all()
+        click.echo(folded.describe())
+
     @app.cli.command("pin-digests")
     @click.option(
         "--output", "-o", type=click.Path(dir_okay=False), help="write here, not to stdout"

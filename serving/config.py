@@ -153,6 +153,9 @@ class Settings:
     # file's path, or the JSON itself (see serving/digests.py). Unset: model.json's pins only.
     model_digests: str | None = None
     status_refresh_seconds: float = 2.0
+    # How often each worker folds new predictions and ground truths into the hourly rollups
+    # the reports read (serving/rollups.py); 0: never (`flask rollups` does it on demand).
+    rollup_seconds: float = 60.0
     # Versions published to the running deployment (PUT /api/v1/<endpoint>/versions/<version>,
     # `flask models push`): the largest upload, all files together (413 beyond) ...
     max_model_upload_bytes: int = 200_000_000
@@ -222,6 +225,7 @@ class Settings:
             status_refresh_seconds=_float(
                 env, "STATUS_REFRESH_SECONDS", defaults.status_refresh_seconds
             ),
+            rollup_seconds=_float(env, "ROLLUP_SECONDS", defaults.rollup_seconds),
             max_model_upload_bytes=_int(
                 env, "MAX_MODEL_UPLOAD_BYTES", defaults.max_model_upload_bytes, minimum=1
             ),

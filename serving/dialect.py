@@ -76,3 +76,10 @@ def take_turns(key: int) -> None:
 def has_copy() -> bool:
     """Whether bulk rows can go through COPY and ANY(array) parameters (PostgreSQL)."""
     return not is_sqlite()
+
+
+def snapshot() -> None:
+    """First in a transaction: every statement of it sees the database as it was when its
+    first one began (PostgreSQL's REPEATABLE READ; SQLite's transactions already do)."""
+    if not is_sqlite():
+        db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

@@ -280,6 +280,109 @@ def _partition_predictions(database: peewee.Database) -> None:
     database.execute_sql("CREATE INDEX prediction_ab_test_arm ON prediction (ab_test, arm)")
 
 
+def _create_rollups(database: peewee.Database) -> None:
+    """Hourly rollups of the prediction log (serving/rollups.py), and the indexes that find
+    an hour's rows and the rows whose ground truth changed."""
+
+    class RollupState(peewee.Model):
+        id = peewee.IntegerField(primary_key=True)
+        sealed_hour = peewee.BigIntegerField(null=True)
+        labels_from = peewee.DateTimeField(null=True)
+        folded_at = peewee.DateTimeField(null=True)
+
+        class Meta:
+            table_name = "rollup_state"
+
+    class RollupCount(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        hour = peewee.BigIntegerField()
+        predictions = peewee.BigIntegerField()
+        labelled = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = "rollup_count"
+            indexes = ((("endpoint", "model_version", "hour"), True), (("hour",), False))
+
+    class RollupBinary(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        hour = peewee.BigIntegerField()
+        bucket = peewee.IntegerField()
+        truth = peewee.TextField()
+        predicted = peewee.TextField(null=True)
+        rows = peewee.BigIntegerField()
+        proba_sum = peewee.DoubleField()
+        log_loss_pos = peewee.DoubleField()
+        log_loss_pos_squares = peewee.DoubleField()
+        log_loss_neg = peewee.DoubleField()
+        log_loss_neg_squares = peewee.DoubleField()
+        brier_pos = peewee.DoubleField()
+        brier_pos_squares = peewee.DoubleField()
+        brier_neg = peewee.DoubleField()
+        brier_neg_squares = peewee.DoubleField()
+
+        class Meta:
+            table_name = "rollup_binary"
+            indexes = ((("endpoint", "model_version", "hour"), False), (("hour",), False))
+
+    class RollupBinaryDaily(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        day = peewee.BigIntegerField()
+        bucket = peewee.IntegerField()
+        truth = peewee.TextField()
+        predicted = peewee.TextField(null=True)
+        rows = peewee.BigIntegerField()
+        proba_sum = peewee.DoubleField()
+        log_loss_pos = peewee.DoubleField()
+        log_loss_pos_squares = peewee.DoubleField()
+        log_loss_neg = peewee.DoubleField()
+        log_loss_neg_squares = peewee.DoubleField()
+        brier_pos = peewee.DoubleField()
+        brier_pos_squares = peewee.DoubleField()
+        brier_neg = peewee.DoubleField()
+        brier_neg_squares = peewee.DoubleField()
+
+        class Meta:
+            table_name = "rollup_binary_daily"
+            indexes = ((("endpoint", "model_version", "day"), False), (("day",), False))
+
+    class RollupRegression(peewee.Model):
+        id = peewee.BigAutoField()
+        endpoint = peewee.CharField(max_length=100)
+        model_version = peewee.CharField(max_length=100)
+        hour = peewee.BigIntegerField()
+        rows = peewee.BigIntegerField()
+        abs_error_sum = peewee.DoubleField(null=True)
+        squared_error_sum = peewee.DoubleField(null=True)
+        squared_error_squares = peewee.DoubleField(null=True)
+        big_errors = peewee.BigIntegerField(null=True)
+        truth_sum = peewee.DoubleField(null=True)
+        truth_squares = peewee.DoubleField(null=True)
+        unmeasurable = peewee.BigIntegerField(null=True)
+
+        class Meta:
+            table_name = "rollup_regression"
+            indexes = ((("endpoint", "model_version", "hour"), True), (("hour",), False))
+
+    tables = [RollupState, RollupCount, RollupBinary, RollupBinaryDaily, RollupRegression]
+    with database.bind_ctx(tables):
+        database.create_tables(tables, safe=False)
+    # The rollup job reads the log an hour at a time, and finds the hours whose ground truth
+    # changed since it last ran; few rows have updated_at, so that index holds only those.
+    # Migration 7 made the first on SQLite already (pruning picks rows by time).
+    database.execute_sql(
+        "CREATE INDEX IF NOT EXISTS prediction_created_at ON prediction (created_at)"
+    )
+    database.execute_sql(
+        "CREATE INDEX prediction_updated_at ON prediction (updated_at) WHERE updated_at IS NOT NULL"
+    )
+
+
 Migration = tuple[int, str, Callable[[peewee.Database], None]]
 
 MIGRATIONS: list[Migration] = [
@@ -290,6 +393,7 @@ MIGRATIONS: list[Migration] = [
     (5, "create api_key", _create_api_keys),
     (6, "create published_version and published_file", _create_published_versions),
     (7, "prediction: ids in prediction_key, partitioned by month", _partition_predictions),
+    (8, "hourly rollups of the prediction log", _create_rollups),
 ]
 
 

@@ -35,10 +35,13 @@ _EPS = float(np.finfo(np.float64).eps)
 CALIBRATION_BINS = 10
 # Up to EXACT_ROWS predictions, ROC AUC ranks every distinct probability exactly. Beyond,
 # probabilities are grouped in AUC_BUCKETS equal buckets (a tie within a bucket counts half),
-# so one pass over a million rows stays well under a second; the error is at most half the
-# share of positive-negative pairs that share a bucket, about 1e-4 for spread-out scores.
+# so one pass over a million rows stays well under a second and an hour of the rollups
+# (serving/rollups.py) holds at most a few thousand groups whatever its traffic. The error is
+# at most half the share of positive-negative pairs that share a bucket (about 5e-4 for
+# spread-out scores), and in practice far less: within a bucket 0.001 wide a positive
+# outranks a negative about as often as not, so the halves cancel.
 EXACT_ROWS = 200_000
-AUC_BUCKETS = 10_000
+AUC_BUCKETS = 1_000
 # Regression sums stay far from float64's 1.8e308 whatever finite values are stored: a row
 # whose truth or value exceeds MEASURABLE in magnitude is counted, not summed (its square,
 # 4e200 at most, cannot overflow a sum of any realistic row count), and an error above
@@ -158,19 +161,17 @@ class Measurement:
 
 @unit_of_work(long_running=True)  # a report: may outlast a request's limit
 def _measured(model: LoadedModel, rows: Rows) -> Measurement:
-    predictions = _scalar(rows.count_sql, rows.params)
-    if model.task == "regression":
-        return _regression(rows, predictions)
-    if model.positive_class is not None:
-        return _binary(model, rows, predictions)
-    return _multiclass(model, rows, predictions)
+    return measured_rows(model, rows, _scalar(rows.count_sql, rows.params))
 
 
 def measure(model: LoadedModel, rows: Rows) -> Measurement:
     """Quality of `rows` as predictions of `model`'s kind (its task and classes)."""
-    result = _measured(model, rows)
-    # The last guard before JSON, which has no Infinity or NaN: whatever slipped past the
-    # sums' range checks becomes null with a reason, never a 500 or an invalid answer.
+    return finite(_measured(model, rows))
+
+
+def finite(result: Measurement) -> Measurement:
+    """The last guard before JSON, which has no Infinity or NaN: whatever slipped past the
+    sums' range checks becomes null with a reason, never a 500 or an invalid answer."""
     result.estimates = {name: e.finite() for name, e in result.estimates.items()}
     return result
 
@@ -212,7 +213,12 @@ def performance_report(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Per-version quality from ground truth, as `GET /api/v1/<endpoint>/performance` answers."""
+    """Per-version quality from ground truth, as `GET /api/v1/<endpoint>/performance` answers:
+    from the hourly rollups plus the newest rows (`rollups.measure_logged`), the same figures
+    as `measure(model, logged(...))` over the whole log."""
+    # Here, not at the top: the rollups are built from this module's sums.
+    from serving import rollups
+
     return {
         "endpoint": endpoint,
         "since": iso(since),
@@ -220,7 +226,7 @@ def performance_report(
         "versions": [
             {
                 "version": model.version,
-                **measure(model, logged(endpoint, model.version, since, until)).to_json(),
+                **rollups.measure_logged(model, endpoint, since, until).to_json(),
             }
             for model in versions
         ],
@@ -257,6 +263,15 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
         """,
         (_EPS, _EPS, 1 - _EPS, 1 - _EPS, positive, positive, positive, *rows.params),
     )
+    return binary_measurement(model, groups, predictions, exact)
+
+
+def binary_measurement(
+    model: LoadedModel, groups: Sequence[Sequence[Any]], predictions: int, exact: bool
+) -> Measurement:
+    """A binary classifier's quality from its groups: (key, y, hit, rows, sum of
+    probabilities, sum and sum of squares of log loss, the same of Brier score), where the
+    key is the probability itself when `exact`, else its bucket FLOOR(proba * AUC_BUCKETS)."""
     n = sum(g[3] for g in groups)
     result = Measurement(model.task, predictions, n)
     if n == 0:
@@ -306,6 +321,76 @@ def _binary(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
     return result
 
 
+def binary_sums(keys: Sequence[str], where: str) -> tuple[str, tuple[Any, ...]]:
+    """SQL summing a binary classifier's labelled rows of `prediction` that match `where`,
+    grouped by `keys` (expressions over the table's columns) and then by probability bucket
+    (FLOOR(proba * AUC_BUCKETS)), stored truth and stored label: the keys, bucket, truth,
+    label, rows, sum of probabilities, then the sum and sum of squares of log loss and of
+    Brier score if the truth is the positive class, and the same if it is not. The positive
+    class is left to the reader, so the sums suit any binary model (the rollups). Its
+    parameters come first, then `where`'s."""
+    real = dialect.float_type()
+    selected = "".join(f"{key}, " for key in keys)
+    groups = ", ".join(str(i) for i in range(1, len(keys) + 4))
+
+    def clipped(q: str) -> str:
+        # As scikit-learn and `_binary` clip a probability before its logarithm.
+        return (
+            f"CASE WHEN {q} < CAST(? AS {real}) THEN CAST(? AS {real}) "
+            f"WHEN {q} > CAST(? AS {real}) THEN CAST(? AS {real}) ELSE {q} END"
+        )
+
+    sql = f"""
+        SELECT {selected}CAST(FLOOR(proba * {AUC_BUCKETS}) AS INTEGER), true_class, prediction,
+               COUNT(*), SUM(proba), SUM(llp), SUM(llp * llp), SUM(lln), SUM(lln * lln),
+               SUM(brp), SUM(brp * brp), SUM(brn), SUM(brn * brn)
+        FROM (
+            SELECT endpoint, model_version, created_at, proba, true_class, prediction,
+                   -LN({clipped("proba")}) AS llp, -LN({clipped("1 - proba")}) AS lln,
+                   (proba - 1) * (proba - 1) AS brp, proba * proba AS brn
+            FROM prediction
+            WHERE ({where}) AND true_class IS NOT NULL AND proba IS NOT NULL
+              AND probabilities IS NULL
+        ) scored
+        GROUP BY {groups}
+        """
+    clip = (_EPS, _EPS, 1 - _EPS, 1 - _EPS)
+    return sql, clip + clip
+
+
+def regression_sums(keys: Sequence[str], where: str) -> tuple[str, tuple[Any, ...]]:
+    """SQL summing a regression's labelled rows of `prediction` that match `where`, grouped
+    by `keys`: the keys, then the sums `regression_measurement` takes, in its order. Its
+    parameters come first, then `where`'s."""
+    real = dialect.float_type()
+    selected = "".join(f"{key}, " for key in keys)
+    grouped = f"GROUP BY {', '.join(str(i) for i in range(1, len(keys) + 1))}" if keys else ""
+    # The CASEs come before any arithmetic on a row: PostgreSQL raises on an overflowing
+    # subtraction or product (SQLite gives Infinity), so an unmeasurable row is never summed.
+    sql = f"""
+        SELECT {selected}COUNT(*), SUM(ae), SUM(ae * ae),
+               SUM(CASE WHEN ae <= ? THEN ae * ae * ae * ae END),
+               SUM(CASE WHEN ae > ? THEN 1 ELSE 0 END),
+               SUM(t), SUM(t * t), SUM(1 - ok)
+        FROM (
+            SELECT endpoint, model_version, created_at,
+                   CASE WHEN ok = 1 THEN ABS(value - t) END AS ae,
+                   CASE WHEN ok = 1 THEN t END AS t, ok
+            FROM (
+                SELECT endpoint, model_version, created_at, value, t,
+                       CASE WHEN ABS(value) <= ? AND ABS(t) <= ? THEN 1 ELSE 0 END AS ok
+                FROM (SELECT endpoint, model_version, created_at, value,
+                             CAST(true_class AS {real}) AS t
+                      FROM prediction
+                      WHERE ({where}) AND true_class IS NOT NULL AND value IS NOT NULL
+                     ) labelled
+            ) checked
+        ) errors
+        {grouped}
+        """
+    return sql, (FOURTH_POWER_LIMIT, FOURTH_POWER_LIMIT, MEASURABLE, MEASURABLE)
+
+
 BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 
@@ -325,6 +410,16 @@ def _roc_auc(groups: Sequence[Sequence[Any]], positives: int, negatives: int) ->
         pairs += pos * (below + 0.5 * neg)
         below += neg
     return pairs / (positives * negatives)
+
+
+def measured_rows(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
+    """Quality of `rows`, of which there are `predictions` labelled or not, inside a unit of
+    database work the caller opened (`measure` opens its own)."""
+    if model.task == "regression":
+        return _regression(rows, predictions)
+    if model.positive_class is not None:
+        return _binary(model, rows, predictions)
+    return _multiclass(model, rows, predictions)
 
 
 def _multiclass(model: LoadedModel, rows: Rows, predictions: int) -> Measurement:
@@ -379,7 +474,7 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
     real = dialect.float_type()
     # The CASEs come before any arithmetic on a row: PostgreSQL raises on an overflowing
     # subtraction or product (SQLite gives Infinity), so an unmeasurable row is never summed.
-    n, abs_sum, sq_sum, sq_squares, big_errors, t_sum, t_squares, unmeasurable = _query(
+    sums = _query(
         f"""
         SELECT COUNT(*), SUM(ae), SUM(ae * ae),
                SUM(CASE WHEN ae <= ? THEN ae * ae * ae * ae END),
@@ -398,6 +493,14 @@ def _regression(rows: Rows, predictions: int) -> Measurement:
         """,
         (FOURTH_POWER_LIMIT, FOURTH_POWER_LIMIT, MEASURABLE, MEASURABLE, *rows.params),
     )[0]
+    return regression_measurement(sums, predictions)
+
+
+def regression_measurement(sums: Sequence[Any], predictions: int) -> Measurement:
+    """A regression's quality from its sums: labelled rows, sum of absolute errors, of their
+    squares and of their fourth powers (those up to FOURTH_POWER_LIMIT), errors beyond it,
+    sum of truths and of their squares, unmeasurable rows (nulls where no row was summed)."""
+    n, abs_sum, sq_sum, sq_squares, big_errors, t_sum, t_squares, unmeasurable = sums
     result = Measurement("regression", predictions, n)
     if not n:
         result.estimates = {name: statistics.NO_ESTIMATE for name in REGRESSION_METRICS}

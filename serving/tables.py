@@ -199,3 +199,110 @@ class PublishedFile(BaseTable):
     class Meta:
         table_name = "published_file"
         indexes = ((("published_version", "name"), True),)
+
+
+class RollupState(BaseTable):
+    """Where the hourly rollups stand (one row, id 1): every hour before `sealed_hour` (hours
+    since the Unix epoch) is rolled up, with every ground truth recorded before `labels_from`."""
+
+    id = peewee.IntegerField(primary_key=True)
+    sealed_hour = peewee.BigIntegerField(null=True)
+    labels_from = peewee.DateTimeField(null=True)
+    folded_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "rollup_state"
+
+
+class RollupCount(BaseTable):
+    """Predictions of one version in one hour (hours since the Unix epoch, UTC), and how
+    many of them have their ground truth."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    model_version = peewee.CharField(max_length=100)
+    hour = peewee.BigIntegerField()
+    predictions = peewee.BigIntegerField()
+    labelled = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "rollup_count"
+        indexes = ((("endpoint", "model_version", "hour"), True), (("hour",), False))
+
+
+class RollupBinary(BaseTable):
+    """Labelled predictions of a binary classifier's version in one hour, grouped by
+    probability bucket (FLOOR(proba * AUC_BUCKETS)), stored truth and stored label, with the
+    sums behind log loss and Brier score for either truth (`pos`: the truth is the positive
+    class, `neg`: it is not; the model, not the rollup, knows which class is positive)."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    model_version = peewee.CharField(max_length=100)
+    hour = peewee.BigIntegerField()
+    bucket = peewee.IntegerField()
+    truth = peewee.TextField()
+    predicted = peewee.TextField(null=True)
+    rows = peewee.BigIntegerField()
+    proba_sum = peewee.DoubleField()
+    log_loss_pos = peewee.DoubleField()
+    log_loss_pos_squares = peewee.DoubleField()
+    log_loss_neg = peewee.DoubleField()
+    log_loss_neg_squares = peewee.DoubleField()
+    brier_pos = peewee.DoubleField()
+    brier_pos_squares = peewee.DoubleField()
+    brier_neg = peewee.DoubleField()
+    brier_neg_squares = peewee.DoubleField()
+
+    class Meta:
+        table_name = "rollup_binary"
+        indexes = ((("endpoint", "model_version", "hour"), False), (("hour",), False))
+
+
+class RollupBinaryDaily(BaseTable):
+    """`rollup_binary` summed over whole days (`day`: days since the Unix epoch, UTC): a
+    long time range reads a few thousand groups per day instead of per hour."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    model_version = peewee.CharField(max_length=100)
+    day = peewee.BigIntegerField()
+    bucket = peewee.IntegerField()
+    truth = peewee.TextField()
+    predicted = peewee.TextField(null=True)
+    rows = peewee.BigIntegerField()
+    proba_sum = peewee.DoubleField()
+    log_loss_pos = peewee.DoubleField()
+    log_loss_pos_squares = peewee.DoubleField()
+    log_loss_neg = peewee.DoubleField()
+    log_loss_neg_squares = peewee.DoubleField()
+    brier_pos = peewee.DoubleField()
+    brier_pos_squares = peewee.DoubleField()
+    brier_neg = peewee.DoubleField()
+    brier_neg_squares = peewee.DoubleField()
+
+    class Meta:
+        table_name = "rollup_binary_daily"
+        indexes = ((("endpoint", "model_version", "day"), False), (("day",), False))
+
+
+class RollupRegression(BaseTable):
+    """Labelled predictions of a regression's version in one hour: the sums `quality`
+    measures a regression with (null where no row was measurable)."""
+
+    id = peewee.BigAutoField()
+    endpoint = peewee.CharField(max_length=100)
+    model_version = peewee.CharField(max_length=100)
+    hour = peewee.BigIntegerField()
+    rows = peewee.BigIntegerField()
+    abs_error_sum = peewee.DoubleField(null=True)
+    squared_error_sum = peewee.DoubleField(null=True)
+    squared_error_squares = peewee.DoubleField(null=True)
+    big_errors = peewee.BigIntegerField(null=True)
+    truth_sum = peewee.DoubleField(null=True)
+    truth_squares = peewee.DoubleField(null=True)
+    unmeasurable = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "rollup_regression"
+        indexes = ((("endpoint", "model_version", "hour"), True), (("hour",), False))

@@ -5,7 +5,8 @@ The bucket width is chosen to fit the data: the smallest of WIDTHS that covers t
 the oldest prediction to now in at most MAX_BUCKETS buckets (the longest width shows only its
 last MAX_BUCKETS buckets). Buckets are aligned on multiples of their width since the Unix
 epoch, in UTC, so the same prediction always falls in the same bucket. One grouped query
-counts them; it reads only the (endpoint, model_version, created_at) index.
+counts them; it reads only the (endpoint, model_version, created_at) index. Buckets of whole
+hours come from the hourly rollups (serving/rollups.py) as far as they reach.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving import dialect
-from serving.database import unit_of_work
+from serving import dialect, rollups
 from serving.tables import utcnow
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -70,13 +70,14 @@ def choose_width(span_seconds: float) -> int:
 
 
 def traffic(pairs: Iterable[Pair], now: dt.datetime | None = None) -> Traffic:
-    """Predictions per bucket for each (endpoint, version) pair, up to `now` (naive UTC)."""
-    pairs = sorted(set(pairs))
-    now = now or utcnow()
-    return _traffic(pairs, now)
+    """Predictions per bucket for each (endpoint, version) pair, up to `now` (naive UTC):
+    whole hours from the rollups where the bucket width allows, the rest from the log."""
+    chosen = sorted(set(pairs))
+    moment = now or utcnow()
+    # One snapshot: a fold committing between the two reads would count its hours twice.
+    return rollups.consistent(lambda: _traffic(chosen, moment))
 
 
-@unit_of_work(long_running=True)  # a report: may outlast a request's limit
 def _traffic(pairs: list[Pair], now: dt.datetime) -> Traffic:
     oldest = _oldest(pairs)
     span = (now - oldest).total_seconds() if oldest is not None else 0.0
@@ -119,6 +120,7 @@ def _counted(pairs: list[Pair], width: int, since: dt.datetime) -> list[tuple[An
     # Whole seconds, the fraction cut off before any arithmetic: widths are whole seconds, and
     # rounding instead would move 11:59:59.9999 into the bucket of 12:00 (SQLite's date
     # functions keep milliseconds, a double epoch keeps about as much).
+    rolled, since = rollups.hour_counts(pairs, width, since)
     seconds = dialect.whole_seconds("created_at")
     matches = " OR ".join("(endpoint = ? AND model_version = ?)" for _ in pairs)
     sql = (
@@ -127,7 +129,7 @@ def _counted(pairs: list[Pair], width: int, since: dt.datetime) -> list[tuple[An
     )
     # Timestamps go in as text in the stored format, which both databases compare correctly.
     params = (width, *(x for pair in pairs for x in pair), since.isoformat(sep=" "))
-    return dialect.rows(sql, params)
+    return rolled + [(e, v, int(b), int(c)) for e, v, b, c in dialect.rows(sql, params)]
 
 
 def _timestamp(value: Any) -> dt.datetime:
