@@ -8,10 +8,12 @@ start, as a deployment's would); each test uses ids of its own."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,16 +133,26 @@ def database_url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(database_url, tmp_path_factory) -> Iterator[Cluster]:
-    """A `dask scheduler` and two single-threaded `dask worker`s on 127.0.0.1."""
+    """A `dask scheduler` and three single-threaded `dask worker`s on 127.0.0.1 (the third,
+    `doomed`, is killed by a test; started here so that its start overlaps the others')."""
     running = Cluster(database_url, tmp_path_factory.mktemp("dask-cluster"))
     try:
         running.start_scheduler()
-        running.start_worker("w1")
-        running.start_worker("w2")
-        running.wait_for_workers(2)
+        for name in ("w1", "w2", "doomed"):
+            running.start_worker(name)
+        running.wait_for_workers(3)
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def dask_client(cluster):
+    """A client of the cluster in this process, for the Python API."""
+    from distributed import Client
+
+    with Client(cluster.address, timeout=STARTUP_SECONDS, set_as_default=False) as client:
+        yield client
 
 
 def score(cluster: Cluster, database_url: str, source: Path, output: Path, *extra: str):
@@ -170,14 +182,14 @@ def stored_ids(app, prefix: str) -> list[str]:
 
 def _rows_done(output: Path) -> int:
     try:
-        import json
-
         return json.loads(Checkpoint.path_for(output).read_text())["rows"]
     except (OSError, ValueError, KeyError):
         return 0
 
 
-def test_dask_answers_and_stores_as_flask_score_does(app, cluster, database_url, tmp_path):
+def test_dask_answers_and_stores_as_flask_score_does(
+    app, cluster, dask_client, database_url, tmp_path
+):
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
     frame = passengers(source, 3000, "a")
     frame = frame.astype(object)
@@ -221,16 +233,17 @@ def test_dask_answers_and_stores_as_flask_score_does(app, cluster, database_url,
     assert not Checkpoint.path_for(output).exists()
 
     # Again from the start: every row replays its stored answer, nothing is stored twice.
-    again = finish(score(cluster, database_url, source, output, "--chunk-rows", "400", "--restart"))
-    assert "2,996 answered (0 stored, 2,996 replayed)" in again
+    again = score_with_dask(
+        app, source, output, dask_client, partition_rows=400, restart=True, progress=False
+    )
+    assert (again.answered, again.stored, again.replayed) == (2996, 0, 2996)
     assert read_output(output) == lines
     assert len(stored_ids(app, "a")) == 2996
 
 
-def test_parquet_through_the_python_api(app, cluster, tmp_path):
+def test_parquet_through_the_python_api(app, dask_client, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from distributed import Client
 
     source, output = tmp_path / "in.parquet", tmp_path / "out.csv"
     frame = pd.read_csv(TITANIC).sample(1200, replace=True, random_state=1)
@@ -239,8 +252,7 @@ def test_parquet_through_the_python_api(app, cluster, tmp_path):
     # Typed columns with real nulls, in row groups of 300.
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), source, row_group_size=300)
 
-    with Client(cluster.address, timeout=STARTUP_SECONDS, set_as_default=False) as client:
-        summary = score_with_dask(app, source, output, client, partition_rows=500, progress=False)
+    summary = score_with_dask(app, source, output, dask_client, partition_rows=500, progress=False)
     assert (summary.rows, summary.stored, summary.invalid) == (1200, 1200, 0)
     lines = read_output(output)
     assert [line["id"] for line in lines] == [str(i) for i in frame["id"]]
@@ -250,34 +262,47 @@ def test_parquet_through_the_python_api(app, cluster, tmp_path):
     assert len(stored_ids(app, "700")) == 1200
 
 
-def test_a_worker_that_stores_elsewhere_refuses_and_nothing_is_written(
-    cluster, tmp_path, database_url
-):
+def test_a_worker_that_stores_elsewhere_refuses_and_nothing_is_written(dask_client, tmp_path):
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
     passengers(source, 50, "e")
     elsewhere = make_app(f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "none")
     with pytest.raises(ClusterError, match="give the workers the same DATABASE_URL"):
-        score_with_dask(elsewhere, source, output, cluster.address, progress=False)
+        score_with_dask(elsewhere, source, output, dask_client, progress=False)
     assert not output.exists()
 
 
+def _when_done(output: Path, rows: int, then) -> threading.Thread:
+    """A thread that calls `then` once `rows` rows of the run into `output` are written."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while _rows_done(output) < rows and time.monotonic() < deadline:
+            time.sleep(0.005)
+        then()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_killed_worker_leaves_the_run_complete_and_exactly_once(
-    app, cluster, database_url, tmp_path
+    app, cluster, dask_client, tmp_path
 ):
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
-    frame = passengers(source, 6000, "k", seed=2)
-    extra = cluster.start_worker("w3")
-    cluster.wait_for_workers(3)
-    process = score(cluster, database_url, source, output, "--chunk-rows", "100")
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while _rows_done(output) < 1000 and process.poll() is None:
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before the worker could be killed"
-    extra.send_signal(signal.SIGKILL)
-    extra.wait()
-    out = finish(process)
-    assert "6,000 answered" in out
+    frame = passengers(source, 5000, "k", seed=2)
+    doomed = cluster.processes["doomed"]
+    killed_at: list[int] = []
+
+    def kill() -> None:
+        killed_at.append(_rows_done(output))
+        doomed.send_signal(signal.SIGKILL)
+
+    watcher = _when_done(output, 1000, kill)
+    summary = score_with_dask(app, source, output, dask_client, partition_rows=100, progress=False)
+    watcher.join()
+    assert doomed.wait(timeout=10) == -signal.SIGKILL
+    assert killed_at and killed_at[0] < 5000, "the run ended before the worker was killed"
+    assert summary.answered == 5000 and summary.stored + summary.replayed == 5000
     lines = read_output(output)
     assert [line["id"] for line in lines] == list(frame["id"])
     assert {line["status"] for line in lines} == {"200"}
@@ -285,23 +310,26 @@ def test_a_killed_worker_leaves_the_run_complete_and_exactly_once(
         [float(line["proba"]) for line in lines], expected_proba(app, frame), rtol=0, atol=1e-9
     )
     stored = stored_ids(app, "k")
-    assert len(stored) == len(set(stored)) == 6000
+    assert len(stored) == len(set(stored)) == 5000
 
 
-def test_a_killed_client_is_resumed_by_running_it_again(app, cluster, database_url, tmp_path):
+def test_a_killed_client_is_resumed_by_running_it_again(
+    app, cluster, dask_client, database_url, tmp_path
+):
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
-    frame = passengers(source, 6000, "c", seed=3)
+    frame = passengers(source, 5000, "c", seed=3)
     process = score(cluster, database_url, source, output, "--chunk-rows", "100")
     deadline = time.monotonic() + STARTUP_SECONDS
-    while _rows_done(output) < 1500 and process.poll() is None:
+    while _rows_done(output) < 1000 and process.poll() is None:
         assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.01)
+        time.sleep(0.005)
     assert process.poll() is None, "the run ended before the client could be killed"
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    assert 0 < _rows_done(output) < 6000
-    out = finish(score(cluster, database_url, source, output, "--chunk-rows", "100"))
-    assert "resumed after" in out
+    assert 0 < _rows_done(output) < 5000
+    # The same run again (here through the Python API, which `flask score` calls).
+    summary = score_with_dask(app, source, output, dask_client, partition_rows=100, progress=False)
+    assert summary.resumed_at > 0 and summary.answered == 5000 - summary.resumed_at
     lines = read_output(output)
     assert [line["id"] for line in lines] == list(frame["id"])
     assert {line["status"] for line in lines} == {"200"}
@@ -309,5 +337,5 @@ def test_a_killed_client_is_resumed_by_running_it_again(app, cluster, database_u
         [float(line["proba"]) for line in lines], expected_proba(app, frame), rtol=0, atol=1e-9
     )
     stored = stored_ids(app, "c")
-    assert len(stored) == len(set(stored)) == 6000
+    assert len(stored) == len(set(stored)) == 5000
     assert not Checkpoint.path_for(output).exists()
