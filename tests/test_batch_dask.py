@@ -339,3 +339,44 @@ def test_a_killed_client_is_resumed_by_running_it_again(
     stored = stored_ids(app, "c")
     assert len(stored) == len(set(stored)) == 5000
     assert not Checkpoint.path_for(output).exists()
+
+
+def test_csv_partitions_end_on_record_boundaries_even_inside_quotes(tmp_path):
+    from serving.batch import partitions
+
+    source = tmp_path / "in.csv"
+    records = [
+        b"id,Name,Age\n",
+        b'a,"one\nline break",1\n',
+        b'b,"two ""quoted""\n\nline breaks",2\n',
+        b"c,plain,3\n",
+        b'd,"last\r\n",4\n',
+    ]
+    source.write_bytes(b"".join(records))
+    plan = partitions.plan(source, 2)
+    # Partition 2 starts after the first three records, at line 7 (two quoted line ends
+    # in b, one in a).
+    starts = [len(records[0]), len(b"".join(records[:3]))]
+    assert [(p.start, p.line) for p in plan.partitions] == [(starts[0], 2), (starts[1], 7)]
+    read = [partitions.read(p, plan.head, plan.header, "id") for p in plan.partitions]
+    assert [rows.ids for rows in read] == [["a", "b"], ["c", "d"]]
+    whole = pd.concat([rows.frame for rows in read], ignore_index=True)
+    assert list(whole["Name"]) == [
+        "one\nline break",
+        'two "quoted"\n\nline breaks',
+        "plain",
+        "last\r\n",
+    ]
+
+
+def test_the_dask_engine_needs_a_scheduler_and_the_local_one_a_csv(runner, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, output = tmp_path / "in.parquet", tmp_path / "out.csv"
+    pq.write_table(pa.table({"id": [1], "Age": [3.0]}), source)
+    local = runner.invoke(args=["score", str(source), str(output), "--quiet"])
+    assert local.exit_code != 0 and "--engine dask reads those" in local.output
+    dask = runner.invoke(args=["score", str(source), str(output), "--engine", "dask"])
+    assert dask.exit_code != 0 and "needs --scheduler" in dask.output
+    assert not output.exists()

@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 
 
 @click.command("score")
-@click.argument(
-    "source", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("source", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("output", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--endpoint", default=None, help="endpoint to score with (default: DEFAULT_ENDPOINT)")
 @click.option("--version", default=None, help="score with this version")
@@ -90,8 +88,10 @@ def score_command(
             quiet,
         )
         return
-    if source.suffix.lower() in {".parquet", ".pq"}:
-        raise click.ClickException("Parquet input is read with --engine dask")
+    if source.is_dir() or source.suffix.lower() in {".parquet", ".pq"}:
+        raise click.ClickException(
+            f"{source} is Parquet or a folder: --engine dask reads those; this engine reads a CSV"
+        )
     # Here, not at the top: the other commands (and `flask --help`) need no pandas, NumPy or
     # scikit-learn, which the data plane and the file reader import.
     from serving import dataplane
