@@ -395,3 +395,27 @@ def test_the_dask_engine_needs_a_scheduler_and_the_local_one_a_csv(runner, tmp_p
     dask = runner.invoke(args=["score", str(source), str(output), "--engine", "dask"])
     assert dask.exit_code != 0 and "needs --scheduler" in dask.output
     assert not output.exists()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_partition_boundaries_are_the_records_flask_score_reads(tmp_path, seed):
+    import random
+
+    from serving.batch import partitions
+    from serving.batch.files import CsvReader
+
+    pick = random.Random(seed)
+    cells = [b"x", b'"a\nb"', b'"q ""z"" \n\n"', b'"c,d"', b"", b'"\r\n"']
+    data = b"id,Name,Age\n" + b"".join(
+        b"r%d,%s,%d\n" % (i, pick.choice(cells), i) for i in range(pick.randint(0, 40))
+    )
+    if seed % 2:
+        data = data.rstrip(b"\n")  # a last record without a line end
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    reader = CsvReader(source)
+    for every in (1, 3, 500):
+        expected = [(end, after) for _, _, end, after in reader.spans(reader.data_start, every)]
+        for block in (1, 7, 1 << 20):  # a block may end anywhere, inside quotes too
+            found = partitions.record_boundaries(source, reader.data_start, every, block)
+            assert list(found) == expected, (every, block)
