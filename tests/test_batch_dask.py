@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batch.cluster import ClusterError, score_with_dask
+from serving.batch.cluster import PartitionRefused, score_with_dask
 from serving.batch.files import Checkpoint
 from serving.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app, postgres_url, reset_postgres, using_postgres
@@ -267,9 +267,19 @@ def test_a_worker_that_stores_elsewhere_refuses_and_nothing_is_written(dask_clie
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
     passengers(source, 50, "e")
     elsewhere = make_app(f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "none")
-    with pytest.raises(ClusterError, match="give the workers the same DATABASE_URL"):
+    with pytest.raises(PartitionRefused, match="give the workers the same DATABASE_URL"):
         score_with_dask(elsewhere, source, output, dask_client, progress=False)
     assert not output.exists()
+
+
+def test_a_file_the_model_cannot_read_stops_before_the_output_is_written(
+    app, dask_client, tmp_path
+):
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text("id,Age,Cabin\nm1,22,\n")
+    with pytest.raises(PartitionRefused, match="no column 'Embarked'"):
+        score_with_dask(app, source, output, dask_client, progress=False)
+    assert not output.exists() and not Checkpoint.path_for(output).exists()
 
 
 def _when_done(output: Path, rows: int, then) -> threading.Thread:

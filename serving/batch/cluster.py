@@ -41,7 +41,14 @@ if TYPE_CHECKING:
 
 
 class ClusterError(Exception):
-    """The cluster could not finish a partition; the message says which and why."""
+    """The cluster could not finish a partition (a worker or the database failed); running
+    the same command again resumes."""
+
+
+class PartitionRefused(Refused):
+    """A partition was refused whole, for what the file or the worker is (a column the
+    model needs is missing, another database or other models); running again will not help
+    until that changes."""
 
 
 @dataclass(frozen=True)
@@ -302,7 +309,7 @@ def _run(
                 raise ClusterError(f"partition {index + 1} failed on the cluster: {exc}") from exc
             del flying[index]
             if outcome.error is not None:
-                raise ClusterError(f"partition {index + 1}: {outcome.error}")
+                raise PartitionRefused(f"partition {index + 1}: {outcome.error}")
             arrived[index] = outcome
             while state.partitions in arrived:
                 # Opened once the first answers are in: a file the model cannot read leaves
