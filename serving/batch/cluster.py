@@ -162,17 +162,11 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
             )
             results = prepared.commit()
         except ServiceError as exc:
-            return Outcome(partition.index, error=sentence(exc))
+            return Outcome(partition.index, error=render.sentence(exc))
         finally:
             # A worker thread holds no connection between partitions (a pooled one goes back).
             database.release_connection()
         return Outcome(partition.index, render.csv_text(results, job.columns), results.counts())
-
-
-def sentence(error: ServiceError) -> str:
-    """An error as one sentence with its details."""
-    details = render.pairs(error.details)
-    return f"{error.message} ({details})" if details else error.message
 
 
 # ---- on the client --------------------------------------------------------------------

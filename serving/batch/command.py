@@ -210,5 +210,4 @@ def _report(summary: Summary, output: Path) -> None:
 def _sentence(error: ServiceError) -> str:
     from serving.batch import render
 
-    details = render.pairs(error.details)
-    return f"{error.message} ({details})" if details else error.message
+    return render.sentence(error)
