@@ -9,10 +9,13 @@ FROM ${BASE_IMAGE}
 # reach a layer or the build context, where `COPY . .` would put them into /app.
 ARG WHEELS=""
 
+# PYTHONPATH: `dask worker` (a console script, so not run from /app's sys.path) imports the
+# service from /app when this image runs a worker of `flask score --engine dask`.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
     PORT=5000
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \

@@ -50,10 +50,11 @@ REQUEST_MODULES = (
 )
 
 
-def create_app(config: Mapping[str, object] | None = None) -> Flask:
+def create_app(config: Mapping[str, object] | None = None, load: bool | None = None) -> Flask:
     """Build the app: settings from the environment (overridden by `config`), migrated
     database, loaded models. A broken model folder stops here with a sentence naming it.
-    Under the `flask` command line, models load when a command asks (`load_models`)."""
+    Under the `flask` command line, or with `load=False` (a Dask worker scoring one
+    endpoint), models load when asked (`load_models`)."""
     settings = Settings.from_env()
     if config:
         settings = settings.updated(config)
@@ -71,7 +72,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     wait = settings.micro_batch_max_wait_ms / 1000
     app.extensions["scorer"] = Scorer(settings.micro_batch_max_size, wait)
     app.extensions["writer"] = Writer(settings.micro_batch_max_size, wait)
-    if _under_flask_command_line():
+    if load is False or (load is None and _under_flask_command_line()):
         # A `flask` command loads what it asks for (`load_models`): `flask routes` and
         # `--help` touch no database and unpickle nothing, `flask score` loads one endpoint;
         # `flask run` loads everything before its first request.

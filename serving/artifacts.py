@@ -63,6 +63,26 @@ def write_json(path: Path, content: object) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
+def portable_dtypes(dtypes: pd.Series) -> pd.Series:
+    """`dtypes` with every text kept in pandas' own (Python) storage, as pandas 3 keeps it
+    where pyarrow is not installed: a model trained where pyarrow is (it reads Parquet)
+    writes the same dtypes.pickle, byte for byte, as one trained where it is not, and older
+    deployments without pyarrow still load it. Storage never changes what the service checks
+    (a text is a text)."""
+
+    def python(dtype: Any) -> Any:
+        if isinstance(dtype, pd.StringDtype) and dtype.storage != "python":
+            return pd.StringDtype("python", na_value=dtype.na_value)
+        return dtype
+
+    portable = pd.Series([python(d) for d in dtypes], index=dtypes.index, dtype=object)
+    portable.name = dtypes.name
+    index = dtypes.index
+    if isinstance(index.dtype, pd.StringDtype):
+        portable.index = index.astype(python(index.dtype))
+    return portable
+
+
 def write_model(
     out_dir: Path,
     pipeline: Any,
@@ -87,7 +107,7 @@ def write_model(
         pipeline_file = PIPELINE_FILE
         joblib.dump(pipeline, out_dir / pipeline_file)
     with open(out_dir / DTYPES_FILE, "wb") as handle:
-        pickle.dump(X.dtypes, handle)
+        pickle.dump(portable_dtypes(X.dtypes), handle)
     write_json(out_dir / COLUMNS_FILE, list(X.columns))
     # Every file the service reads is pinned (the service checks them before unpickling);
     # pipeline_sha256 stays for readers that know only the pipeline's pin.

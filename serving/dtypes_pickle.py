@@ -74,6 +74,37 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+# pandas 3 keeps text in Arrow arrays when pyarrow is installed (the service installs it to
+# read Parquet), so a Series of dtypes written there has an index of column names that
+# pickles as an ArrowStringArray, rebuilt from raw Arrow buffers. These names build data
+# too: a type from its alias, a buffer from bytes. The array itself is rebuilt by
+# `_restore_checked_array`, which validates it in full (offsets within the buffers, valid
+# UTF-8) before pandas reads a byte of it.
+ARROW_ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("pandas.arrays", "ArrowStringArray"),
+        ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
+        ("pyarrow.lib", "type_for_alias"),
+        ("pyarrow.lib", "py_buffer"),
+        ("builtins", "bytearray"),
+    }
+)
+
+
+def _restore_checked_array(state: Any) -> Any:
+    """pyarrow's own rebuilding of a pickled array, then its full validation."""
+    from pyarrow.lib import _restore_array
+
+    array = _restore_array(state)
+    array.validate(full=True)
+    return array
+
+
+SUBSTITUTES: dict[tuple[str, str], Any] = {
+    ("pyarrow.lib", "_restore_array"): _restore_checked_array
+}
+
+
 class RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a class or function outside ALLOWED."""
 
@@ -86,7 +117,9 @@ class DtypesUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the names in ALLOWED."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in ALLOWED:
+        if (module, name) in SUBSTITUTES:
+            return SUBSTITUTES[(module, name)]
+        if (module, name) not in ALLOWED and (module, name) not in ARROW_ALLOWED:
             raise RefusedGlobal(module, name)
         return super().find_class(module, name)
 

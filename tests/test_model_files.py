@@ -141,6 +141,32 @@ def test_every_dtype_the_schema_accepts_still_loads(form: str):
         assert loaded == written
 
 
+def test_dtypes_whose_column_names_are_arrow_strings_load():
+    """pandas 3 with pyarrow (installed for Parquet) pickles the names as an Arrow array."""
+
+    from serving import dtypes_pickle
+
+    dtypes = pd.DataFrame({"Age": [1.0], "Sex": ["male"]}).dtypes
+    dtypes.index = dtypes.index.astype(pd.StringDtype("pyarrow"))
+    written = pickle.dumps(dtypes)
+    assert b"ArrowStringArray" in written and b"_restore_array" in written
+    loaded = dtypes_pickle.loads(written)
+    pd.testing.assert_series_equal(loaded, dtypes)
+
+
+def test_an_arrow_array_with_broken_offsets_is_refused_before_pandas_reads_it():
+    import numpy as np
+    import pyarrow as pa
+
+    from serving import dtypes_pickle
+
+    # Passes pyarrow's cheap checks; its offsets go backwards, which only the full check sees.
+    offsets = pa.py_buffer(np.array([0, 2, 1], dtype=np.int32).tobytes())
+    broken = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"ab")])
+    with pytest.raises(pa.ArrowInvalid, match="non-monotonic offset"):
+        dtypes_pickle.loads(pickle.dumps(broken))
+
+
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
 def test_the_committed_dtypes_load_through_the_restricted_unpickler(folder: Path):
     from serving import dtypes_pickle

@@ -17,14 +17,13 @@ from serving.batch import ID_COLUMN
 from serving.errors import ServiceError
 
 if TYPE_CHECKING:
+    from serving.batch.files import Summary
     from serving.batch.rows import Rows
     from serving.dataplane import PreparedBatch
 
 
 @click.command("score")
-@click.argument(
-    "source", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("source", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("output", metavar="OUTPUT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--endpoint", default=None, help="endpoint to score with (default: DEFAULT_ENDPOINT)")
 @click.option("--version", default=None, help="score with this version")
@@ -39,6 +38,19 @@ if TYPE_CHECKING:
     help="rows scored and committed together",
 )
 @click.option("--restart", is_flag=True, help="write OUTPUT again instead of resuming it")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="score in this process, or on the workers of a Dask cluster (CSV or Parquet input)",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="the Dask scheduler for --engine dask, e.g. tcp://10.0.0.5:8786",
+)
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @with_appcontext
 def score_command(
@@ -51,13 +63,35 @@ def score_command(
     id_column: str,
     chunk_rows: int,
     restart: bool,
+    engine: str,
+    scheduler: str | None,
     quiet: bool,
 ) -> None:
     """Score every row of INPUT (an id column plus the model's columns) into OUTPUT.
 
     Each chunk of rows is stored in one transaction before its answers are written, so an
-    interrupted run resumes where it stopped when run again with the same arguments.
+    interrupted run resumes where it stopped when run again with the same arguments. With
+    --engine dask each chunk is a partition scored and stored on a Dask worker.
     """
+    if engine == "dask":
+        _score_on_dask(
+            source,
+            output,
+            endpoint,
+            version,
+            status,
+            no_log,
+            id_column,
+            chunk_rows,
+            restart,
+            scheduler,
+            quiet,
+        )
+        return
+    if source.is_dir() or source.suffix.lower() in {".parquet", ".pq"}:
+        raise click.ClickException(
+            f"{source} is Parquet or a folder: --engine dask reads those; this engine reads a CSV"
+        )
     # Here, not at the top: the other commands (and `flask --help`) need no pandas, NumPy or
     # scikit-learn, which the data plane and the file reader import.
     from serving import dataplane
@@ -107,6 +141,62 @@ def score_command(
     finally:
         gc.unfreeze()
         database.close_all()
+    _report(summary, output)
+
+
+def _score_on_dask(
+    source: Path,
+    output: Path,
+    endpoint: str | None,
+    version: str | None,
+    status: str | None,
+    no_log: bool,
+    id_column: str,
+    chunk_rows: int,
+    restart: bool,
+    scheduler: str | None,
+    quiet: bool,
+) -> None:
+    """`flask score --engine dask`: see `serving.batch.cluster`."""
+    from serving.batch.cluster import ClusterError, score_with_dask
+    from serving.batch.files import Refused
+    from serving.runtime import ModelLoadError
+
+    if not scheduler:
+        raise click.ClickException("--engine dask needs --scheduler ADDRESS (tcp://HOST:8786)")
+    try:
+        summary = score_with_dask(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            source,
+            output,
+            scheduler,
+            endpoint=endpoint,
+            version=version,
+            status=status,
+            log=not no_log,
+            id_column=id_column,
+            partition_rows=chunk_rows,
+            restart=restart,
+            progress=not quiet,
+        )
+    except (Refused, ModelLoadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ClusterError as exc:
+        raise click.ClickException(
+            f"{exc}; run the same command again to resume where it stopped"
+        ) from exc
+    except ServiceError as exc:
+        raise click.ClickException(_sentence(exc)) from exc
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            "interrupted; run the same command again to resume where it stopped"
+        ) from None
+    finally:
+        database.close_all()
+    _report(summary, output)
+
+
+def _report(summary: Summary, output: Path) -> None:
     resumed = f", resumed after {summary.resumed_at:,} rows" if summary.resumed_at else ""
     click.echo(
         f"scored {summary.rows:,} rows in {summary.seconds:.1f} s "
@@ -120,5 +210,4 @@ def score_command(
 def _sentence(error: ServiceError) -> str:
     from serving.batch import render
 
-    details = render.pairs(error.details)
-    return f"{error.message} ({details})" if details else error.message
+    return render.sentence(error)

@@ -60,6 +60,16 @@ class CsvReader:
 
     def chunks(self, start: int, size: int, line: int = 2) -> Iterator[Chunk]:
         """Every `size` records from byte `start` (line `line`) on, in order."""
+        for lines, first, end, after in self.spans(start, size, line):
+            frame = rows.read_frame(self.head, b"".join(lines), self.header, first_line=first)
+            yield Chunk(frame, end, after)
+
+    def spans(
+        self, start: int, size: int, line: int = 2
+    ) -> Iterator[tuple[list[bytes], int, int, int]]:
+        """Every `size` records from byte `start` (line `line`) on, unparsed: their lines, the
+        line they start at, the offset after them and the line that follows. A line end
+        inside quotes belongs to its field, so a record is never split."""
         with self.path.open("rb") as handle:
             handle.seek(start)
             lines: list[bytes] = []
@@ -79,16 +89,12 @@ class CsvReader:
                 pending = 0
                 records += 1
                 if records == size:
-                    yield self._chunk(lines, first, offset, line)
+                    yield lines, first, offset, line
                     lines, records, first = [], 0, line
             if quoted:
                 raise BadRequest(f"The CSV ends inside a quoted field opened near line {first}.")
             if lines:
-                yield self._chunk(lines, first, offset, line)
-
-    def _chunk(self, lines: list[bytes], first: int, end: int, line: int) -> Chunk:
-        frame = rows.read_frame(self.head, b"".join(lines), self.header, first_line=first)
-        return Chunk(frame, end, line)
+                yield lines, first, offset, line
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,11 @@ class Checkpoint:
     output_offset: int
     line: int
     rows: int = 0
+    # `flask score --engine dask`: partitions of `partition_rows` records, `partitions` of
+    # them written so far (the local engine leaves these as they are).
+    engine: str = "local"
+    partition_rows: int = 0
+    partitions: int = 0
 
     @staticmethod
     def path_for(output: Path) -> Path:
@@ -144,7 +155,17 @@ class Checkpoint:
 
     def differences(self, other: Checkpoint) -> list[str]:
         """What differs between this run's settings and the interrupted one's."""
-        keys = ("input", "input_size", "header", "endpoint", "id_column", "log", "columns")
+        keys = (
+            "input",
+            "input_size",
+            "header",
+            "endpoint",
+            "id_column",
+            "log",
+            "columns",
+            "engine",
+            "partition_rows",
+        )
         return [key for key in keys if getattr(self, key) != getattr(other, key)]
 
 
@@ -163,7 +184,11 @@ class Summary:
 
     def add(self, results: Results) -> None:
         """Count one chunk's results."""
-        for key, value in results.counts().items():
+        self.add_counts(results.counts())
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        """Count one chunk's results, as `Results.counts` gives them."""
+        for key, value in counts.items():
             setattr(self, key, getattr(self, key) + value)
 
 
@@ -199,17 +224,7 @@ def score_file(
         output_offset=0,
         line=2,
     )
-    checkpoint = None if restart else Checkpoint.load(output)
-    if checkpoint is None and output.exists() and not restart:
-        raise Refused(
-            f"{output} exists and no interrupted run into it is left to resume; "
-            "delete it, choose another name, or pass --restart to write it again"
-        )
-    if checkpoint is not None and (changed := checkpoint.differences(fresh)):
-        raise Refused(
-            f"{output} belongs to an interrupted run with another {', '.join(changed)}; "
-            "resume it with the same input and options, or pass --restart"
-        )
+    checkpoint = resumable(output, fresh, restart)
     summary = Summary(resumed_at=checkpoint.rows if checkpoint else 0)
     state = checkpoint or fresh
     chunks = reader.chunks(state.input_offset, chunk_rows, state.line)
@@ -221,7 +236,7 @@ def score_file(
     # the file lacks stops the run with nothing written.
     first = next(chunks, None)
     pending = prepared(first) if first is not None else None
-    handle = _open_output(output, state, columns)
+    handle = open_output(output, state, columns)
     try:
         bar = Progress(reader.size, state.input_offset, enabled=progress)
         writer = _Writer(handle, output, state, columns, log, bar, summary)
@@ -243,7 +258,24 @@ def score_file(
     return summary
 
 
-def _open_output(output: Path, state: Checkpoint, columns: list[str]) -> BinaryIO:
+def resumable(output: Path, fresh: Checkpoint, restart: bool) -> Checkpoint | None:
+    """The checkpoint of the interrupted run into `output` to resume (None: start afresh);
+    refused when `output` exists with nothing to resume, or the run had other settings."""
+    checkpoint = None if restart else Checkpoint.load(output)
+    if checkpoint is None and output.exists() and not restart:
+        raise Refused(
+            f"{output} exists and no interrupted run into it is left to resume; "
+            "delete it, choose another name, or pass --restart to write it again"
+        )
+    if checkpoint is not None and (changed := checkpoint.differences(fresh)):
+        raise Refused(
+            f"{output} belongs to an interrupted run with another {', '.join(changed)}; "
+            "resume it with the same input and options, or pass --restart"
+        )
+    return checkpoint
+
+
+def open_output(output: Path, state: Checkpoint, columns: list[str]) -> BinaryIO:
     """The output file, positioned after what the checkpoint says was written."""
     if state.rows == 0:
         header = render.csv_header(columns).encode("utf-8")

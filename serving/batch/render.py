@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from serving import predictions
 from serving.batch.core import OK, Results
+from serving.errors import ServiceError
 from serving.runtime import LoadedModel
 
 
@@ -184,3 +185,9 @@ def header_value(details: list[dict[str, str]]) -> str:
             return f"{text}; ... {more} more" if text else f"... {more} more"
         text = f"{text}; {part}" if text else part
     return text
+
+
+def sentence(error: ServiceError) -> str:
+    """An error as one sentence with its details, for a command line."""
+    details = pairs(error.details)
+    return f"{error.message} ({details})" if details else error.message

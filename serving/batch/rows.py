@@ -103,6 +103,60 @@ class CsvRows(Rows):
         ]
 
 
+@dataclass
+class ColumnRows(Rows):
+    """Rows from typed columns (a Parquet file): each value is already what JSON would carry,
+    and a null is a missing value, so they are checked as JSON observations are."""
+
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    id_column: str = ID_COLUMN
+
+    def check(self, schema: InputSchema, positions: list[int], reject_surprises: bool) -> Checked:
+        """Validate the rows at `positions`; a column the model needs and the file lacks fails
+        the whole batch, as for CSV."""
+        missing = [f.name for f in schema.fields if f.name not in self.columns]
+        if missing:
+            raise InvalidInput(
+                f"The file has no column {', '.join(map(repr, missing))}, which the model needs.",
+                [detail(name, "missing column") for name in missing],
+            )
+        whole = len(positions) == len(self.ids)
+        columns = {
+            f.name: self.columns[f.name] if whole else [self.columns[f.name][i] for i in positions]
+            for f in schema.fields
+        }
+        return schema.validate_columns(columns, len(positions), reject_surprises=reject_surprises)
+
+    def ignored(self, schemas: Sequence[InputSchema]) -> list[dict[str, str]]:
+        """One warning per column that no model reads (the id aside)."""
+        read = {name for schema in schemas for name in schema.by_name}
+        return [
+            detail(name, "unknown column, ignored")
+            for name in self.columns
+            if name != self.id_column and name not in read
+        ]
+
+
+def column_rows(columns: dict[str, list[Any]], id_column: str = ID_COLUMN) -> ColumnRows:
+    """Rows from typed columns with their ids (an integer or a text, as /predict takes them);
+    the id column must exist."""
+    if id_column not in columns:
+        raise InvalidInput(
+            f"The file has no {id_column!r} column; every row needs an id.",
+            [detail(id_column, "missing column")],
+        )
+    sent = columns[id_column]
+    rows = ColumnRows(
+        ids=[None if isinstance(v, float) and not math.isfinite(v) else v for v in sent],
+        keys=[],
+        errors={},
+        columns={name: values for name, values in columns.items() if name != id_column},
+        id_column=id_column,
+    )
+    rows.keys = [_key({"id": value}, i, rows.errors) for i, value in enumerate(sent)]
+    return rows
+
+
 def check_size(rows: int, limit: int) -> None:
     """An empty batch is 400; one over MAX_BATCH_ROWS is 413."""
     if rows == 0:
