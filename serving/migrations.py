@@ -217,6 +217,19 @@ def _partition_predictions(database: peewee.Database) -> None:
             "SELECT id, endpoint, observation_id, created_at FROM prediction ORDER BY id"
         )
         database.execute_sql("DROP INDEX prediction_endpoint_observation_id")
+        # A row written into `prediction` around the store (a backfill in SQL) takes the next
+        # rowid, which the key table's AUTOINCREMENT knows nothing of: the next prediction's
+        # key would hand out that id again and its row would fail on the primary key. Every
+        # such row moves the key's sequence past its id, as PostgreSQL's shared sequence does.
+        database.execute_sql(
+            "CREATE TRIGGER prediction_id_taken AFTER INSERT ON prediction "
+            "WHEN NEW.id > COALESCE((SELECT seq FROM sqlite_sequence "
+            "WHERE name = 'prediction_key'), 0) BEGIN "
+            "UPDATE sqlite_sequence SET seq = NEW.id WHERE name = 'prediction_key'; "
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'prediction_key', NEW.id "
+            "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'prediction_key'); "
+            "END"
+        )
         # Pruning picks rows by time.
         database.execute_sql("CREATE INDEX prediction_created_at ON prediction (created_at)")
         return

@@ -9,6 +9,7 @@ from serving import migrations, partitions, predictions
 from serving.database import db, is_sqlite
 from serving.predictions import NewPredictions, canonical_json
 from serving.tables import Prediction, PredictionKey, utcnow
+from tests.samples import PASSENGER
 
 
 def at(moments: dict[str, dt.datetime], x: float = 1.0) -> NewPredictions:
@@ -101,3 +102,31 @@ def test_partitions_are_made_ahead_once(app):
         assert migrations.ensure_partitions() == []
         assert migrations.migrate() == []
         assert [p.name for p in partitions.partitions(db.obj)] == names
+
+
+def test_a_row_written_around_the_store_takes_an_id_no_prediction_reuses(app):
+    """A backfill in SQL writes into `prediction` with no key: it cannot be replayed, but the
+    next prediction must not be handed its id (a 500 on the primary key, before the fix on
+    SQLite)."""
+    with app.app_context():
+        db.connect(reuse_if_open=True)
+        first = predictions.save(at({"through-the-store": utcnow()}))[0]
+        Prediction.insert(
+            endpoint="default",
+            model_version="1",
+            observation_id="backfilled",
+            observation=canonical_json({"x": 2.0}),
+            proba=0.5,
+            prediction="1",
+            created_at=utcnow(),
+        ).execute()
+        hand = Prediction.get(Prediction.observation_id == "backfilled").id
+        assert hand > first
+        client = app.test_client()
+        answer = client.post(
+            "/predict", json={"id": "after-the-backfill", "observation": PASSENGER}
+        )
+        assert answer.status_code == 200, answer.get_json()
+        after = Prediction.get(Prediction.observation_id == "after-the-backfill").id
+        assert after > hand
+        assert PredictionKey.get(PredictionKey.observation_id == "after-the-backfill").id == after

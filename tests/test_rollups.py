@@ -78,6 +78,12 @@ def _log(now: dt.datetime, hours: int = 30, per_hour: int = 40, seed: int = 3) -
         )
     for start in range(0, len(rows), 500):
         Prediction.insert_many(rows[start : start + 500]).execute()
+    # Written around the store, so their keys too: /update finds a row through its key.
+    Prediction._meta.database.execute_sql(
+        "INSERT INTO prediction_key (id, endpoint, observation_id, created_at) "
+        "SELECT id, endpoint, observation_id, created_at FROM prediction "
+        "WHERE id NOT IN (SELECT id FROM prediction_key)"
+    )
 
 
 def _close(ours: Any, reference: Any, where: str = "") -> None:
