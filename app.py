@@ -10,8 +10,8 @@ except SettingsError as exc:
     raise SystemExit(f"configuration error: {exc}") from None
 
 if __name__ == "__main__":
-    from serving.hot_loading import start_watching
-    from serving.rollups import start_folding
+    from serving.model.hot_loading import start_watching
+    from serving.reports.rollups import start_folding
 
     start_watching(app)
     start_folding(app)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-from serving import hot_loading, logs, metrics
+from serving import logs, metrics
 from serving.config import Settings, SettingsError
+from serving.model import hot_loading
 
 try:
     _settings = Settings.from_env()
@@ -89,7 +90,7 @@ def post_worker_init(worker) -> None:
     """In each worker, after the fork: watch the database for newly published versions and
     fold the reports' rollups (a thread started in the master would not survive the fork)."""
     # Here, not at the top: the master need not import the reports (scikit-learn's metrics).
-    from serving import rollups
+    from serving.reports import rollups
 
     hot_loading.start_watching(worker.wsgi)
     rollups.start_folding(worker.wsgi)

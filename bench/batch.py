@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.models import load_pipeline
 from bench.workload import POSITIVE_CLASS, TOLERANCE, Workload
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
 
 SAMPLE_SEED = 0
 

@@ -50,8 +50,8 @@ from bench.models import MODELS, load_pipeline, train
 from bench.servers import OURS, running
 from bench.workload import POSITIVE_CLASS, TOLERANCE
 from serving import create_app
-from serving.database import close_all, db
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
+from serving.store.database import close_all, db
 from training import titanic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -132,7 +132,7 @@ def _score(url: str, source: Path, output: Path, *extra: str) -> tuple[int, floa
 def _stored(url: str) -> tuple[int, int]:
     """(rows, distinct ids) in the prediction table."""
     from serving import create_app
-    from serving.database import close_all, db
+    from serving.store.database import close_all, db
 
     app = create_app(
         {

@@ -8,7 +8,7 @@ import joblib
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from serving import artifacts, fit_metrics, profile
+from serving.model import artifacts, fit_metrics, profile
 from training import data, titanic
 
 LOGREG, FOREST = "logreg", "forest"

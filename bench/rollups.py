@@ -7,9 +7,9 @@ Titanic model, made by the database itself (generate_series): spread uniformly o
 Flask test client in this process (so HTTP parsing and JSON included, no network):
 
 - `GET /api/v1/default/performance`, `GET /api/v1/default/drift` (the default window),
-  `GET /dashboard/default` (every panel), and `serving.traffic.traffic` called directly;
+  `GET /dashboard/default` (every panel), and `serving.reports.traffic.traffic` called directly;
 - first with no rollups (every report scans the log, as before them), then after
-  `serving.rollups.fold` (the time the fold took is printed too).
+  `serving.reports.rollups.fold` (the time the fold took is printed too).
 
 It checks that both give the same answers (performance within 1e-9, traffic equal) and
 prints one line per size and report. Sizes grow in the same database: each adds rows to the
@@ -31,9 +31,10 @@ from typing import Any
 
 from bench.batch import median_time
 from bench.databases import POSTGRES, fresh, postgres_problem
-from serving import create_app, rollups
-from serving.database import close_all, db, run_with_retry
-from serving.traffic import traffic
+from serving import create_app
+from serving.reports import rollups
+from serving.reports.traffic import traffic
+from serving.store.database import close_all, db, run_with_retry
 
 ENDPOINT = "default"
 # One Titanic passenger: what drift parses per row (its cost does not depend on the values).

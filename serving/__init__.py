@@ -11,18 +11,20 @@ from typing import TYPE_CHECKING, Any
 import click
 from flask import Flask
 
-from serving import cli, database, logs, migrations
+from serving import logs
+from serving.commands import cli
 from serving.config import Settings
 from serving.dashboard import views as dashboard
+from serving.decisions.lifecycle import Lifecycle
 from serving.errors import register_error_handlers
 from serving.http import JsonProvider, register_blueprints
-from serving.lifecycle import Lifecycle
-from serving.predictions import Writer
-from serving.scoring import Scorer
+from serving.model.scoring import Scorer
+from serving.store import database, migrations
+from serving.store.predictions import Writer
 
 if TYPE_CHECKING:
-    from serving.packaging import package
-    from serving.registry import Registry
+    from serving.model.packaging import package
+    from serving.model.registry import Registry
 
 __all__ = ["create_app", "load_models", "package"]
 
@@ -38,15 +40,15 @@ REQUEST_MODULES = (
     "serving.dataplane",
     "serving.batch.render",
     "serving.batch.rows",
-    "serving.quality",
-    "serving.drift",
+    "serving.reports.quality",
+    "serving.reports.drift",
     "serving.openapi",
     "serving.dashboard.pages",
     "serving.retraining.job",
-    "serving.inference_v2",
-    "serving.binary_tensors",
+    "serving.protocol.inference_v2",
+    "serving.protocol.binary_tensors",
     "serving.batch.budget",
-    "serving.publishing",
+    "serving.model.publishing",
 )
 
 
@@ -98,10 +100,12 @@ def load_models(app: Flask, endpoints: Collection[str] | None = None) -> Registr
     every endpoint, or only `endpoints` for a command that needs no others. A broken model
     folder stops here with a sentence naming it."""
     # Here, not at the top: a command that loads no model never imports them (REQUEST_MODULES).
-    from serving import dataplane, hot_loading, rollups
-    from serving.experiments import Experiments
-    from serving.registry import Registry
-    from serving.shadows import Shadows
+    from serving import dataplane
+    from serving.decisions.experiments import Experiments
+    from serving.decisions.shadows import Shadows
+    from serving.model import hot_loading
+    from serving.model.registry import Registry
+    from serving.reports import rollups
 
     if endpoints is None:
         for name in REQUEST_MODULES:
@@ -157,7 +161,7 @@ def __getattr__(name: str) -> Any:
     # `from serving import package` (the notebooks' and the README's) without importing
     # scikit-learn and pandas for every `flask` command: packaging loads when first asked for.
     if name == "package":
-        from serving.packaging import package
+        from serving.model.packaging import package
 
         return package
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -150,11 +150,11 @@ class Settings:
     compile_models: bool = True
     skip_broken_models: bool = False
     # The operator's sha256 pins of every model file, kept outside the model folders: a JSON
-    # file's path, or the JSON itself (see serving/digests.py). Unset: model.json's pins only.
+    # file's path, or the JSON itself (see serving/model/digests.py). Unset: model.json's pins only.
     model_digests: str | None = None
     status_refresh_seconds: float = 2.0
     # How often each worker folds new predictions and ground truths into the hourly rollups
-    # the reports read (serving/rollups.py); 0: never (`flask rollups` does it on demand).
+    # the reports read (serving/reports/rollups.py); 0: never (`flask rollups` does it on demand).
     rollup_seconds: float = 60.0
     # Versions published to the running deployment (PUT /api/v1/<endpoint>/versions/<version>,
     # `flask models push`): the largest upload, all files together (413 beyond) ...

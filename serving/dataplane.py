@@ -21,16 +21,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serving import metrics, predictions, routing
+from serving import metrics
 from serving.batch import core
 from serving.batch.rows import Rows
+from serving.decisions import routing
+from serving.decisions.experiments import Experiments
+from serving.decisions.lifecycle import Lifecycle
+from serving.decisions.shadows import Shadows
 from serving.errors import Conflict
-from serving.experiments import Experiments
-from serving.lifecycle import Lifecycle
-from serving.predictions import Writer
-from serving.registry import Registry
-from serving.scoring import Scorer
-from serving.shadows import Shadows
+from serving.model.registry import Registry
+from serving.model.scoring import Scorer
+from serving.store import predictions
+from serving.store.predictions import Writer
 
 
 @dataclass(frozen=True)

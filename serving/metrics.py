@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from flask import Flask, Request
     from prometheus_client import Counter, Histogram
 
-    from serving.registry import Registry
+    from serving.model.registry import Registry
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Request latency buckets, in seconds: a compiled prediction answers in ~1-2 ms.
@@ -40,7 +40,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_LABELS = ("route", "method", "endpoint", "version", "status")
 
-# What serving.schema says in a warning's "problem", and the kind it is counted as.
+# What serving.model.schema says in a warning's "problem", and the kind it is counted as.
 UNKNOWN_FIELD = "unknown field, ignored"
 _WARNING_KINDS = (
     ("outside the training range", "out_of_range"),
@@ -180,7 +180,7 @@ def label_text(label: Any) -> str:
 
 
 def warning_labels(warning: Mapping[str, str]) -> tuple[str, str]:
-    """(feature, kind) of one warning from serving.schema, e.g. ("Age", "out_of_range").
+    """(feature, kind) of one warning from serving.model.schema, e.g. ("Age", "out_of_range").
 
     The feature is the field without its prefix ("observation.Age" -> "Age"). An unknown
     field's name is whatever a client sent, so it is counted with feature "".

@@ -208,7 +208,7 @@ def app(database_url: str, tmp_path: Path):
     """The service on the bundled Titanic model alone and a fresh database."""
     application = make_app(database_url, tmp_path / "no-more-models")
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

@@ -49,8 +49,8 @@ def tiny_version(
 
 def income_version(folder: Path, version: str, skops: bool = True, **metadata: object) -> Path:
     """A small decision tree on the income endpoint's inputs, written by
-    serving.artifacts.write_model (as the bundled versions are), published as `version`."""
-    from serving import artifacts
+    serving.model.artifacts.write_model (as the bundled versions are), published as `version`."""
+    from serving.model import artifacts
     from training import income
 
     frame, target = income.load(income.TRAIN_PATH)

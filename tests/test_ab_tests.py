@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.experiments import assign
-from serving.predictions import NewPrediction, store
-from serving.tables import Prediction
+from serving.decisions.experiments import assign
+from serving.store.predictions import NewPrediction, store
+from serving.store.tables import Prediction
 from tests.conftest import fit_tiny_model, fit_tiny_regression, make_app
 
 TOKEN = "ab-token"

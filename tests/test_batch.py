@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 from pandas._libs.parsers import STR_NA_VALUES
 
-from serving import predictions
 from serving.batch import cells
 from serving.errors import InvalidInput
-from serving.payloads import NonFinite
-from serving.predictions import NewPredictions, canonical_json, save
-from serving.runtime import LoadedModel
-from serving.schema import InputSchema
-from serving.tables import Prediction, utcnow
+from serving.model.runtime import LoadedModel
+from serving.model.schema import InputSchema
+from serving.protocol.payloads import NonFinite
+from serving.store import predictions
+from serving.store.predictions import NewPredictions, canonical_json, save
+from serving.store.tables import Prediction, utcnow
 from tests.conftest import REPO_ROOT, fit_tiny_multiclass, fit_tiny_regression
 from tests.samples import PASSENGER
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from serving.batch.files import Checkpoint
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT
 from tests.environment import clean_environ
 

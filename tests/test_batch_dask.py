@@ -24,7 +24,7 @@ import pytest
 
 from serving.batch.cluster import PartitionRefused, score_with_dask
 from serving.batch.files import Checkpoint
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app, postgres_url, reset_postgres, using_postgres
 from tests.environment import clean_environ
 from tests.test_batch_cli import TITANIC, expected_proba, read_output

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import requests
 
-from serving.experiments import assign
-from serving.predictions import to_json
-from serving.tables import Prediction
+from serving.decisions.experiments import assign
+from serving.store.predictions import to_json
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, fit_tiny_model, fit_tiny_multiclass, make_app
 from tests.live import gunicorn
 from tests.samples import PASSENGER
@@ -39,7 +39,7 @@ def models_dir(tmp_path: Path) -> Path:
 def app(database_url: str, models_dir: Path):
     application = make_app(database_url, models_dir, admin_token=TOKEN, http_batch_max_rows=1000)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.batching import MicroBatcher
+from serving.model.batching import MicroBatcher
 
 
 class Recorder:

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from serving.packaging import package
+from serving.model.packaging import package
 from tests.conftest import using_postgres
 from tests.environment import clean_environ
 from tests.live import GUNICORN, REPO_ROOT, eventually, gunicorn

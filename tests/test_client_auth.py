@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import clients
 from serving.config import Settings
-from serving.tables import ApiKey, Prediction
+from serving.decisions import clients
+from serving.store.tables import ApiKey, Prediction
 from tests.conftest import make_app
 from tests.samples import PASSENGER
 
@@ -52,7 +52,7 @@ def secured(database_url: str, tmp_path: Path):
         admin_token=ADMIN_TOKEN,
     )
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 
@@ -166,7 +166,7 @@ def test_a_revoked_key_is_403_within_the_refresh(database_url: str, tmp_path: Pa
     answer = _predict(client, 2, **bearer(key))
     assert answer.status_code == 403
     assert "revoked" in answer.get_json()["error"]
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 
@@ -267,6 +267,6 @@ def test_revocation_reaches_every_gunicorn_worker_within_the_refresh(
         anonymous = requests.post(f"{server.url}/predict", data="{}", timeout=30)
         assert anonymous.status_code == 401
         assert anonymous.headers["WWW-Authenticate"] == "Bearer"
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()

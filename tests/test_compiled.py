@@ -33,7 +33,6 @@ from sklearn.preprocessing import (
 )
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-from serving import artifacts
 from serving.compiled import (
     COMPILED,
     ESTIMATOR,
@@ -46,8 +45,9 @@ from serving.compiled import (
     verify,
 )
 from serving.compiled.custom import map_distinct
-from serving.profile import profile_frame
-from serving.runtime import LoadedModel
+from serving.model import artifacts
+from serving.model.profile import profile_frame
+from serving.model.runtime import LoadedModel
 from training import titanic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -540,7 +540,7 @@ def test_http_answers_are_the_pipelines_with_or_without_the_fast_path(
                 want = loaded.pipeline.predict_proba(frame.iloc[[i]])[0]
                 got = [answer["probabilities"][str(c)] for c in loaded.pipeline.classes_]
                 assert got == pytest.approx(list(want), abs=1e-6)
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from serving.config import Settings
-from serving.database import open_database
+from serving.store.database import open_database
 from tests.live import gunicorn
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +87,7 @@ def test_50_concurrent_updates_of_one_id_store_the_last(database_url, tmp_path):
 def test_unique_index_is_what_guards_duplicates(database_url, app):
     # Belt and braces: even a writer that skips our code cannot store an id's key twice (the
     # key table holds the one unique index; the partitioned prediction table cannot).
-    from serving.tables import PredictionKey
+    from serving.store.tables import PredictionKey
 
     key = dict(id=1, endpoint="default", observation_id="x", created_at="2026-11-30 10:00:00")
     PredictionKey.insert(**key).execute()

@@ -18,9 +18,17 @@ from markupsafe import escape
 
 from serving.config import Settings
 from serving.dashboard import charts
-from serving.profile import profile_frame
-from serving.tables import Prediction
-from serving.traffic import DAY, HOUR, MAX_BUCKETS, MIN_BUCKETS, MINUTE, choose_width, traffic
+from serving.model.profile import profile_frame
+from serving.reports.traffic import (
+    DAY,
+    HOUR,
+    MAX_BUCKETS,
+    MIN_BUCKETS,
+    MINUTE,
+    choose_width,
+    traffic,
+)
+from serving.store.tables import Prediction
 from tests.conftest import (
     REPO_ROOT,
     _tiny_frame,
@@ -125,7 +133,7 @@ def app(database_url: str, models_dir: Path):
     """The app of dashboard_app, its connections closed afterwards."""
     application = dashboard_app(database_url, models_dir)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 
@@ -446,7 +454,7 @@ def test_the_token_setting_guards_every_page(database_url, models_dir):
             == 200
         )
     finally:
-        from serving.database import close_all
+        from serving.store.database import close_all
 
         close_all()
 

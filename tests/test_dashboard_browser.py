@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from serving.config import Settings
-from serving.database import open_database
+from serving.store.database import open_database
 from tests.live import REPO_ROOT, gunicorn
 
 # What a browser shows: the numbers come from the queries the API answers, which
@@ -467,7 +467,7 @@ def retrained(browser, tmp_path: Path) -> Iterator[str]:
     labelled traffic (true incomes flipped below age 30, so the refit wins its gate). The
     traffic is seeded in-process before the server starts; the retrain runs while it serves,
     and the server's worker serves version 2 from its hot loader's next check, no restart."""
-    from serving.database import close_all
+    from serving.store.database import close_all
     from tests.conftest import make_app
 
     database_url = f"sqlite:///{tmp_path / 'predictions.db'}"

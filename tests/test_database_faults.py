@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from serving import create_app
-from serving.database import close_all, db
+from serving.store.database import close_all, db
 from tests.conftest import REPO_ROOT, fit_tiny_model, make_app, using_postgres
 from tests.live import free_port, gunicorn
 from tests.samples import PASSENGER
@@ -157,7 +157,7 @@ def test_a_statement_stuck_behind_a_lock_is_503_within_the_statement_timeout(
 def test_reports_and_migrations_are_not_held_to_a_request_statement_timeout(database_url, tmp_path):
     if not using_postgres():
         pytest.skip("statement_timeout is PostgreSQL's")
-    from serving.database import run_with_retry
+    from serving.store.database import run_with_retry
 
     app = make_app(database_url, tmp_path / "none", db_statement_timeout_ms=300)
     with app.app_context():
@@ -185,8 +185,8 @@ def test_the_statement_limit_is_each_transactions_and_stays_off_the_connection(
         pytest.skip("statement_timeout is PostgreSQL's")
     import psycopg2
 
-    from serving.database import run_with_retry
     from serving.errors import Unavailable
+    from serving.store.database import run_with_retry
 
     fresh = psycopg2.connect(database_url)
     try:
@@ -381,7 +381,7 @@ def test_a_call_that_outlives_its_deadline_has_its_connection_cut():
 
     import peewee
 
-    from serving.deadlines import DeadlineExceeded, watchdog
+    from serving.store.deadlines import DeadlineExceeded, watchdog
 
     client, server = socket.socketpair()
     started = time.monotonic()

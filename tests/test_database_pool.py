@@ -7,8 +7,8 @@ import threading
 import time
 
 from serving import create_app
-from serving.database import db
-from serving.tables import Prediction
+from serving.store.database import db
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT
 from tests.samples import PASSENGER
 

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.drift import (
+from serving.errors import BadRequest
+from serving.model.profile import profile_column
+from serving.reports.drift import (
     EPSILON,
     categorical_drift,
     classify,
@@ -22,9 +24,7 @@ from serving.drift import (
     parse_window,
     psi,
 )
-from serving.errors import BadRequest
-from serving.profile import profile_column
-from serving.tables import Prediction, utcnow
+from serving.store.tables import Prediction, utcnow
 from tests.conftest import REPO_ROOT, fit_tiny_model, make_app
 
 DECILES = [-3.0, -1.28, -0.84, -0.52, -0.25, 0.0, 0.25, 0.52, 0.84, 1.28, 3.0]
@@ -215,7 +215,7 @@ def client(database_url: str, tmp_path: Path):
         )
     fit_tiny_model(root / "bare" / "1", initial_status="production")
     yield make_app(database_url, root).test_client()
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

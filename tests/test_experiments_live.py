@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.experiments import assign
+from serving.decisions.experiments import assign
 from tests.conftest import fit_tiny_model
 from tests.live import gunicorn
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import requests
 
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
 from tests.live import REPO_ROOT, gunicorn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

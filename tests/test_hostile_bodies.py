@@ -21,7 +21,7 @@ from serving.batch.budget import CpuBudget
 from serving.batch.core import Results
 from serving.batch.files import CsvReader
 from serving.errors import InvalidInput, PayloadTooLarge, detail
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, fit_tiny_regression, make_app
 from tests.live import gunicorn
 from tests.samples import PASSENGER
@@ -44,7 +44,7 @@ def stored(database_url: str, tmp_path: Path) -> int:
     app = make_app(database_url, tmp_path / "no-models")
     with app.app_context():
         count = Prediction.select().count()
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
     return count

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.samples import PASSENGER
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving import dataplane, predictions
+from serving import dataplane
 from serving.batch import rows
-from serving.batching import MicroBatcher
 from serving.errors import BadRequest, InvalidInput
-from serving.payloads import parse_json
-from serving.tables import Prediction
+from serving.model.batching import MicroBatcher
+from serving.protocol.payloads import parse_json
+from serving.store import predictions
+from serving.store.tables import Prediction
 from tests.conftest import fit_tiny_model, fit_tiny_regression, make_app
 from tests.live import gunicorn
 from tests.samples import PASSENGER
@@ -49,7 +50,7 @@ def admin_app(database_url: str, tmp_path: Path):
     fit_tiny_regression(root / "line" / "1", version="1", initial_status="production")
     application = make_app(database_url, root, admin_token=TOKEN)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 
@@ -299,7 +300,7 @@ def test_parse_json_refuses_duplicates_anywhere_and_keeps_the_rest():
 
 def test_invalid_input_is_a_value_not_a_crash():
     # The id check itself: the same rule for every text.
-    from serving.payloads import check_text
+    from serving.protocol.payloads import check_text
 
     assert check_text("fine", "by") == "fine"
     with pytest.raises(InvalidInput) as caught:

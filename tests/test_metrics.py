@@ -19,7 +19,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import metrics
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
 from tests.conftest import REPO_ROOT, fit_tiny_multiclass, fit_tiny_regression, make_app
 from tests.environment import clean_environ
 from tests.live import gunicorn
@@ -69,7 +69,7 @@ def client(database_url: str, tmp_path: Path):
     (root / "broken" / "3").mkdir(parents=True)  # no pipeline.pickle
     # Compiled, as served: serving_model_info labels whether the fast path scores.
     yield make_app(database_url, root, skip_broken_models=True, compile_models=True).test_client()
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-from serving import migrations
 from serving.config import Settings
-from serving.database import db, open_database
-from serving.tables import Prediction
+from serving.store import migrations
+from serving.store.database import db, open_database
+from serving.store.tables import Prediction
 from tests.live import REPO_ROOT
 
 
@@ -37,7 +37,7 @@ def test_concurrent_migrations_apply_once(database_url):
         import sys
         from serving import migrations
         from serving.config import Settings
-        from serving.database import db, open_database
+        from serving.store.database import db, open_database
         db.initialize(open_database(Settings(database_url=sys.argv[1])))
         print(len(migrations.migrate()))
         """
@@ -106,8 +106,9 @@ def test_a_database_written_by_the_first_schema_upgrades_in_place(database_url, 
 
 
 def test_the_partitioning_migration_keeps_every_row_and_its_id(database_url, tmp_path):
-    from serving import create_app, partitions, predictions
-    from serving.tables import PredictionKey
+    from serving import create_app
+    from serving.store import partitions, predictions
+    from serving.store.tables import PredictionKey
     from tests.test_partitions import at
 
     # Schema 6 with rows over three months (one row updated, one from an A/B test), a

@@ -20,8 +20,8 @@ import pytest
 import skops.io
 
 from serving.config import Settings
-from serving.registry import Registry
-from serving.runtime import LoadedModel, ModelLoadError
+from serving.model.registry import Registry
+from serving.model.runtime import LoadedModel, ModelLoadError
 from tests.conftest import REPO_ROOT, fit_tiny_model
 
 OBSERVATIONS = [{"x": 2.0, "k": 1, "color": "red"}, {"x": -2.0, "k": 3, "color": None}]
@@ -130,7 +130,7 @@ DTYPES = {
 
 @pytest.mark.parametrize("form", ["series", "dict"])
 def test_every_dtype_the_schema_accepts_still_loads(form: str):
-    from serving import dtypes_pickle
+    from serving.model import dtypes_pickle
 
     dtypes = pd.DataFrame(DTYPES).dtypes
     written = dtypes if form == "series" else dict(dtypes.items())
@@ -144,7 +144,7 @@ def test_every_dtype_the_schema_accepts_still_loads(form: str):
 def test_dtypes_whose_column_names_are_arrow_strings_load():
     """pandas 3 with pyarrow (installed for Parquet) pickles the names as an Arrow array."""
 
-    from serving import dtypes_pickle
+    from serving.model import dtypes_pickle
 
     dtypes = pd.DataFrame({"Age": [1.0], "Sex": ["male"]}).dtypes
     dtypes.index = dtypes.index.astype(pd.StringDtype("pyarrow"))
@@ -158,7 +158,7 @@ def test_an_arrow_array_with_broken_offsets_is_refused_before_pandas_reads_it():
     import numpy as np
     import pyarrow as pa
 
-    from serving import dtypes_pickle
+    from serving.model import dtypes_pickle
 
     # Passes pyarrow's cheap checks; its offsets go backwards, which only the full check sees.
     offsets = pa.py_buffer(np.array([0, 2, 1], dtype=np.int32).tobytes())
@@ -169,7 +169,7 @@ def test_an_arrow_array_with_broken_offsets_is_refused_before_pandas_reads_it():
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
 def test_the_committed_dtypes_load_through_the_restricted_unpickler(folder: Path):
-    from serving import dtypes_pickle
+    from serving.model import dtypes_pickle
 
     with (folder / "dtypes.pickle").open("rb") as handle:
         expected = pickle.load(handle)  # our own committed files
@@ -190,7 +190,7 @@ def test_committed_model_json_pins_every_file(folder: Path):
 
 
 def test_training_pins_every_file(tmp_path: Path):
-    from serving import artifacts
+    from serving.model import artifacts
 
     frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
     from sklearn.linear_model import LinearRegression
@@ -266,7 +266,7 @@ def test_the_old_pipeline_pin_must_agree_with_the_new_one(tmp_path: Path):
 
 
 def manifest_of(tmp_path: Path) -> dict[str, dict[str, str]]:
-    from serving.digests import manifest_for
+    from serving.model.digests import manifest_for
 
     return manifest_for(REPO_ROOT, tmp_path / "models", "default")
 

@@ -14,7 +14,7 @@ import pytest
 from openapi_spec_validator import validate
 from sklearn.linear_model import LogisticRegression
 
-from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING
+from serving.model.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING
 from tests.conftest import REPO_ROOT, _tiny_frame, _tiny_pipeline, make_app, write_model
 
 ADMIN_TOKEN = "docs-admin-token"
@@ -41,7 +41,7 @@ def docs_app(database_url: str, tmp_path: Path):
     fit_category_model(models / "shapes" / "1")
     application = make_app(database_url, models, admin_token=ADMIN_TOKEN)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

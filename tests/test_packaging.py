@@ -1,5 +1,5 @@
-"""serving.packaging.package: a fitted pipeline and its frame become a folder the service serves
-with range warnings, drift and metrics, in either format, never over an existing version."""
+"""serving.model.packaging.package: a fitted pipeline and its frame become a folder the service
+serves with range warnings, drift and metrics, in either format, never over an existing version."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from serving import package
-from serving.digests import sha256_hex
-from serving.packaging import PackagingError
-from serving.runtime import LoadedModel
+from serving.model.digests import sha256_hex
+from serving.model.packaging import PackagingError
+from serving.model.runtime import LoadedModel
 from tests.conftest import REPO_ROOT, make_app
 
 TARGET = "income"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from serving import migrations, partitions, predictions
-from serving.database import db, is_sqlite
-from serving.predictions import NewPredictions, canonical_json
-from serving.tables import Prediction, PredictionKey, utcnow
+from serving.store import migrations, partitions, predictions
+from serving.store.database import db, is_sqlite
+from serving.store.predictions import NewPredictions, canonical_json
+from serving.store.tables import Prediction, PredictionKey, utcnow
 from tests.samples import PASSENGER
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from serving.errors import BadRequest, InvalidInput
-from serving.payloads import NonFinite, parse_json, parse_observation_id
+from serving.protocol.payloads import NonFinite, parse_json, parse_observation_id
 
 
 def test_nan_decodes_as_missing():

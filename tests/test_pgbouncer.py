@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from serving.experiments import assign
+from serving.decisions.experiments import assign
 from tests.conftest import fit_tiny_model, using_postgres
 from tests.live import Server, free_port, gunicorn
 from tests.test_replicas import stored

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from serving import predictions
 from serving.errors import Conflict
-from serving.predictions import NewPrediction
-from serving.tables import Prediction
+from serving.store import predictions
+from serving.store.predictions import NewPrediction
+from serving.store.tables import Prediction
 
 
 def new(observation_id, x: float = 1.0) -> NewPrediction:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from serving import create_app
-from serving.database import close_all, db
-from serving.runtime import ModelLoadError
+from serving.model.runtime import ModelLoadError
+from serving.store.database import close_all, db
 from tests.conftest import REPO_ROOT, fit_tiny_model, make_app
 from tests.published_models import multipart, pin, tiny_version
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.conftest import fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression, make_app
 
 
@@ -111,7 +111,7 @@ def test_binary_metrics_equal_scikit_learns(client):
 
 @pytest.mark.slow  # hundreds of requests: 5-6 s
 def test_beyond_the_exact_limit_only_roc_auc_is_bucketed(client, monkeypatch):
-    from serving import quality
+    from serving.reports import quality
 
     def noisy(observation, rng):
         return int(rng.random() < 0.5)

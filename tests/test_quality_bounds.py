@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, fit_tiny_regression, make_app
 
 HEIGHT = {"height": 65}
@@ -38,7 +38,7 @@ def app(database_url: str, tmp_path: Path):
     )
     application = make_app(database_url, root)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 
@@ -127,12 +127,12 @@ def test_large_but_measurable_errors_keep_valid_json(client):
 
 
 def test_shadow_comparison_stays_valid_json_with_a_huge_stored_truth(app, client):
-    from serving.shadows import Shadows
+    from serving.decisions.shadows import Shadows
 
     shadows: Shadows = app.extensions["shadows"]
     _store_huge_truth(client)
     # A shadow score per stored row, as the shadow version itself would have given.
-    from serving.tables import ShadowScore
+    from serving.store.tables import ShadowScore
 
     for row in Prediction.select():
         ShadowScore.create(
@@ -144,7 +144,7 @@ def test_shadow_comparison_stays_valid_json_with_a_huge_stored_truth(app, client
 
 
 def test_an_estimate_that_is_not_finite_becomes_null_with_a_reason():
-    from serving.statistics import Estimate
+    from serving.reports.statistics import Estimate
 
     assert Estimate(float("inf"), 1.0, 2.0).finite().to_json() == {
         "value": None,

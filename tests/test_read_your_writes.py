@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.refreshing import Refreshing
+from serving.store.refreshing import Refreshing
 from tests.conftest import fit_tiny_model, make_app
 
 TOKEN = "ryw-token"
@@ -24,7 +24,7 @@ def app(database_url: str, tmp_path: Path):
     # A long refresh interval: reading the change back must not depend on the cache expiring.
     application = make_app(database_url, models, admin_token=TOKEN, status_refresh_seconds=600)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.runtime import ModelLoadError
-from serving.tables import Prediction, VersionStatus
+from serving.model.runtime import ModelLoadError
+from serving.store.tables import Prediction, VersionStatus
 from tests.conftest import fit_tiny_model, fit_tiny_multiclass, fit_tiny_regression, make_app
 from tests.samples import PASSENGER
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from serving.config import Settings
-from serving.database import open_database
+from serving.store.database import open_database
 from tests.conftest import using_postgres
 from tests.live import REPO_ROOT, Server, gunicorn
 

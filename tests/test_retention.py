@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from serving import partitions, predictions
-from serving.database import close_all, db, is_sqlite
-from serving.tables import Prediction, PredictionKey, utcnow
+from serving.store import partitions, predictions
+from serving.store.database import close_all, db, is_sqlite
+from serving.store.tables import Prediction, PredictionKey, utcnow
 from tests.conftest import REPO_ROOT, make_app
 from tests.environment import clean_environ
 from tests.test_partitions import at

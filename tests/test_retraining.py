@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import published
-from serving.database import close_all
-from serving.tables import PublishedVersion, ShadowVersion, VersionStatus
+from serving.model import published
+from serving.store.database import close_all
+from serving.store.tables import PublishedVersion, ShadowVersion, VersionStatus
 from tests.conftest import REPO_ROOT, make_app
 
 TOKEN = "retrain-token"
@@ -332,8 +332,8 @@ def test_a_regression_candidate_is_gated_on_absolute_errors(tmp_path: Path):
     """No database: the gate alone, on a regression whose candidate learnt from noise."""
     from sklearn.base import clone
 
+    from serving.model.runtime import LoadedModel
     from serving.retraining import gate
-    from serving.runtime import LoadedModel
     from tests.conftest import _tiny_frame, fit_tiny_regression
 
     production = LoadedModel.load(fit_tiny_regression(tmp_path / "line"), "line", compile=False)
@@ -369,8 +369,8 @@ def test_the_regression_gate_calls_rounding_differences_a_tie(tmp_path: Path):
     """Production and a candidate that differ by float rounding alone (relative 1e-13, far
     inside gate.TIE_TOLERANCE) are no different, whichever way the rounding goes; a candidate
     off by 1e-6 of the targets is still judged."""
+    from serving.model.runtime import LoadedModel
     from serving.retraining import gate
-    from serving.runtime import LoadedModel
     from tests.conftest import _tiny_frame, fit_tiny_regression
 
     production = LoadedModel.load(fit_tiny_regression(tmp_path / "line"), "line", compile=False)

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving import quality, rollups
-from serving.dialect import rows as sql_rows
-from serving.tables import Prediction, utcnow
-from serving.traffic import traffic
+from serving.reports import quality, rollups
+from serving.reports.traffic import traffic
+from serving.store.dialect import rows as sql_rows
+from serving.store.tables import Prediction, utcnow
 from tests.conftest import fit_tiny_model, fit_tiny_regression, make_app
 
 # The brief's bar: rollups plus raw rows agree with a full scan within 1e-9 (sums taken in
@@ -31,7 +31,7 @@ def app(database_url: str, tmp_path: Path):
     fit_tiny_regression(root / "line" / "1", initial_status="production")
     application = make_app(database_url, root)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

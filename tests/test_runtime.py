@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 
 from serving import create_app
 from serving.compiled import as_matrix, register_transformer
-from serving.runtime import LoadedModel, ModelLoadError
+from serving.model.runtime import LoadedModel, ModelLoadError
 
 
 def test_tiny_model_loads_and_scores(tiny_model_dir: Path):

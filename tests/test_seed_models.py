@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import artifacts
+from serving.model import artifacts
 from tests.environment import clean_environ
 from training.__main__ import destinations, parse_args
 from training.data import DATA_DIR, REPO_ROOT

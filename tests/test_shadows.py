@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.tables import Prediction, ShadowScore
+from serving.store.tables import Prediction, ShadowScore
 from tests.conftest import fit_tiny_model, fit_tiny_regression, make_app
 
 TOKEN = "shadow-token"

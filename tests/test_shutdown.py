@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from serving.config import Settings
-from serving.database import open_database
+from serving.store.database import open_database
 from tests.live import REPO_ROOT, gunicorn
 from tests.samples import PASSENGER
 

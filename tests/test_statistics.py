@@ -7,9 +7,9 @@ import math
 import pytest
 from scipy import stats as sps
 
-from serving import statistics
-from serving.experiments import A_BETTER, B_BETTER, NO_LABELLED_DATA, NOT_YET, verdict
-from serving.quality import Measurement
+from serving.decisions.experiments import A_BETTER, B_BETTER, NO_LABELLED_DATA, NOT_YET, verdict
+from serving.reports import statistics
+from serving.reports.quality import Measurement
 
 
 def test_wilson_interval_matches_the_textbook_value():

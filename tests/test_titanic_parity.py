@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import requests
 
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
 from tests.live import REPO_ROOT, gunicorn
 
 # The model's answers, row for row: the database is incidental.

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import artifacts
-from serving.profile import QUANTILES
+from serving.model import artifacts
+from serving.model.profile import QUANTILES
 from tests.environment import clean_environ
 from tests.samples import PASSENGER, RETRAIN_TOLERANCE
 from training import titanic

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.inference_v2 import decode
-from serving.schema import InputSchema
-from serving.tables import Prediction
+from serving.model.schema import InputSchema
+from serving.protocol.inference_v2 import decode
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app
 from tests.samples import PASSENGER
 
@@ -37,7 +37,7 @@ def app(database_url: str):
         database_url, REPO_ROOT / "models", admin_token=TOKEN, http_batch_max_rows=5
     )
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

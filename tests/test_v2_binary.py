@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.tables import Prediction
+from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app
 from tests.samples import PASSENGER
 from tests.test_v2 import DATATYPES, SECOND
@@ -32,7 +32,7 @@ ROWS = [FIRST, SECOND]
 def app(database_url: str):
     application = make_app(database_url, REPO_ROOT / "models", max_batch_body_bytes=4000)
     yield application
-    from serving.database import close_all
+    from serving.store.database import close_all
 
     close_all()
 

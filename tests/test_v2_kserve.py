@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
 from tests.conftest import REPO_ROOT
 from tests.live import gunicorn
 from tests.test_v2_live import INCOME, ROWS, holdout

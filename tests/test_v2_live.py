@@ -16,7 +16,7 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
 from tests.conftest import REPO_ROOT
 from tests.live import gunicorn
 

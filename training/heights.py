@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
-from serving import artifacts, fit_metrics, profile
+from serving.model import artifacts, fit_metrics, profile
 from training import data
 
 NAME = "heights"

@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from custom_transformers import CategoricalImputer
-from serving import artifacts, fit_metrics, profile
+from serving.model import artifacts, fit_metrics, profile
 from training import data
 
 NAME = "income"

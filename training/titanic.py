@@ -11,7 +11,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from custom_transformers import CabinDeck, CategoricalImputer, FamilySize
-from serving import artifacts, fit_metrics, profile
+from serving.model import artifacts, fit_metrics, profile
 from training import data
 
 NAME = "titanic"

@@ -15,8 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, TypeGuard, TypeVar
 
-from serving.payloads import NonFinite
-from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, Field
+from serving.model.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, Field
+from serving.protocol.payloads import NonFinite
 
 # pandas.read_csv's default missing-value markers (keep_default_na=True).
 MISSING_CELLS = frozenset(

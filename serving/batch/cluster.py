@@ -138,8 +138,9 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
     stored before replays its stored answer. An error that concerns the whole partition (a
     column the model needs is missing, a record cannot be parsed) comes back as a sentence.
     """
-    from serving import database, dataplane
-    from serving.runtime import ModelLoadError
+    from serving import dataplane
+    from serving.model.runtime import ModelLoadError
+    from serving.store import database
 
     try:
         app = _worker_app(job.endpoint)

@@ -12,9 +12,9 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 import serving
-from serving import database
 from serving.batch import ID_COLUMN
 from serving.errors import ServiceError
+from serving.store import database
 
 if TYPE_CHECKING:
     from serving.batch.files import Summary
@@ -97,7 +97,7 @@ def score_command(
     from serving import dataplane
     from serving.batch import render
     from serving.batch.files import Refused, score_file
-    from serving.runtime import ModelLoadError
+    from serving.model.runtime import ModelLoadError
 
     name = endpoint or current_app.config["SETTINGS"].default_endpoint
     try:
@@ -160,7 +160,7 @@ def _score_on_dask(
     """`flask score --engine dask`: see `serving.batch.cluster`."""
     from serving.batch.cluster import ClusterError, score_with_dask
     from serving.batch.files import Refused
-    from serving.runtime import ModelLoadError
+    from serving.model.runtime import ModelLoadError
 
     if not scheduler:
         raise click.ClickException("--engine dask needs --scheduler ADDRESS (tcp://HOST:8786)")

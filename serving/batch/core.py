@@ -17,21 +17,22 @@ from typing import Any
 
 import peewee
 
-from serving import metrics, routing
+from serving import metrics
 from serving.batch.rows import Rows
+from serving.decisions import routing
+from serving.decisions.experiments import Experiments
+from serving.decisions.lifecycle import Lifecycle
 from serving.errors import InvalidInput, ServiceError, detail
-from serving.experiments import Experiments
-from serving.lifecycle import Lifecycle
-from serving.predictions import (
+from serving.model.registry import Registry
+from serving.model.runtime import LoadedModel
+from serving.store.predictions import (
     NewPredictions,
     canonical_json_each,
     canonical_json_rows,
     conflict,
     save,
 )
-from serving.registry import Registry
-from serving.runtime import LoadedModel
-from serving.tables import Prediction, iso, utcnow
+from serving.store.tables import Prediction, iso, utcnow
 
 OK = 200
 

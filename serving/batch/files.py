@@ -26,8 +26,8 @@ import pandas as pd
 from serving.batch import render, rows
 from serving.batch.core import Results
 from serving.batch.progress import Progress
-from serving.database import db
 from serving.errors import BadRequest
+from serving.store.database import db
 
 if TYPE_CHECKING:  # the data plane imports serving.batch: only its type is needed here
     from serving.dataplane import PreparedBatch

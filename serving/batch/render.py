@@ -11,10 +11,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from serving import predictions
 from serving.batch.core import OK, Results
 from serving.errors import ServiceError
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
+from serving.store import predictions
 
 
 def to_json(results: Results) -> dict[str, Any]:

@@ -20,14 +20,14 @@ import pandas as pd
 
 from serving.batch import ID_COLUMN, cells
 from serving.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, detail
-from serving.payloads import (
+from serving.model.schema import Checked, InputSchema
+from serving.protocol.payloads import (
     MAX_ID_LENGTH,
     id_key,
     json_type,
     parse_json,
     parse_observation_id,
 )
-from serving.schema import Checked, InputSchema
 
 
 @dataclass

@@ -20,7 +20,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from serving.compiled.core import NotCompilable, flatten_steps, is_passthrough
-from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field, field_for
+from serving.model.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field, field_for
 
 RANDOM_ROWS = 300
 SEED = 20_240_601

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from serving.drift import model_drift, parse_window
+from serving.decisions.experiments import RUNNING, Experiments
+from serving.decisions.lifecycle import PRODUCTION, Lifecycle
 from serving.errors import ServiceError, Unavailable
-from serving.experiments import RUNNING, Experiments
-from serving.folders import version_order
-from serving.lifecycle import PRODUCTION, Lifecycle
-from serving.quality import BINARY_METRICS, REGRESSION_METRICS, performance_report
-from serving.registry import Registry
-from serving.runtime import LoadedModel
-from serving.tables import utcnow
-from serving.traffic import traffic
+from serving.model.folders import version_order
+from serving.model.registry import Registry
+from serving.model.runtime import LoadedModel
+from serving.reports.drift import model_drift, parse_window
+from serving.reports.quality import BINARY_METRICS, REGRESSION_METRICS, performance_report
+from serving.reports.traffic import traffic
+from serving.store.tables import utcnow
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import hmac
 
 from flask import current_app, g, request
 
-from serving.clients import ClientKeys
+from serving.decisions.clients import ClientKeys
 from serving.errors import ClientForbidden, Forbidden, Unauthorized
 from serving.http.context import annotate
 

@@ -11,10 +11,10 @@ from serving.http import bodies
 
 if TYPE_CHECKING:  # the components themselves are `serving.load_models`'s to import
     from serving.dataplane import Services
-    from serving.experiments import Experiments
-    from serving.lifecycle import Lifecycle
-    from serving.registry import Registry
-    from serving.shadows import Shadows
+    from serving.decisions.experiments import Experiments
+    from serving.decisions.lifecycle import Lifecycle
+    from serving.decisions.shadows import Shadows
+    from serving.model.registry import Registry
 
 
 def registry() -> Registry:

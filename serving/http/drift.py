@@ -15,7 +15,10 @@ blueprint = Blueprint("drift", __name__, url_prefix="/api/v1/<endpoint>")
 def drift(endpoint: str) -> dict[str, Any]:
     """PSI per input of ?version= (default: the production version) over ?window= (the last
     1000 predictions by default, or a duration such as 24h)."""
-    from serving.drift import model_drift, parse_window  # imported at start-up: see serving.http
+    from serving.reports.drift import (  # imported at start-up: see serving.http
+        model_drift,
+        parse_window,
+    )
 
     annotate(endpoint=endpoint)
     wanted = request.args.get("version") or None

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from serving.decisions.lifecycle import check_status
 from serving.errors import NotFound, detail
-from serving.folders import version_order
 from serving.http.auth import require_admin
 from serving.http.context import body, lifecycle, registry
-from serving.lifecycle import check_status
-from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
+from serving.model.folders import version_order
+from serving.protocol.payloads import MAX_BY_LENGTH, check_text, parse_object
 
 blueprint = Blueprint("endpoints", __name__, url_prefix="/api/v1")
 

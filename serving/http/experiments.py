@@ -8,7 +8,7 @@ from flask import Blueprint
 
 from serving.http.auth import require_admin
 from serving.http.context import body, experiments, registry, shadows
-from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
+from serving.protocol.payloads import MAX_BY_LENGTH, check_text, parse_object
 
 blueprint = Blueprint("experiments", __name__, url_prefix="/api/v1/<endpoint>")
 

@@ -9,11 +9,11 @@ from typing import Any
 from flask import Blueprint, current_app
 from playhouse.pool import MaxConnectionsExceeded
 
-from serving.database import run_with_retry
 from serving.errors import Unavailable
 from serving.http.auth import bearer_token
 from serving.http.context import registry
-from serving.migrations import MIGRATIONS, current_version
+from serving.store.database import run_with_retry
+from serving.store.migrations import MIGRATIONS, current_version
 
 logger = logging.getLogger(__name__)
 

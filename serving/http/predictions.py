@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from serving import predictions
 from serving.errors import InvalidInput, detail
 from serving.http.auth import authenticated
 from serving.http.context import annotate, body, registry, services
-from serving.payloads import parse_predict_body, parse_update_body
+from serving.protocol.payloads import parse_predict_body, parse_update_body
+from serving.store import predictions
 
 blueprint = Blueprint("predictions", __name__)
 
@@ -55,7 +55,7 @@ def predict(endpoint: str) -> tuple[dict[str, Any], int]:
 @blueprint.post("/api/v1/<endpoint>/update")
 def update(endpoint: str) -> tuple[dict[str, Any], int]:
     """Record the true class (or value) of a stored prediction; a second update overwrites."""
-    from serving import quality  # imported at start-up: see serving.http
+    from serving.reports import quality  # imported at start-up: see serving.http
 
     # The endpoint first: an unknown one is 404 whatever the body holds.
     versions = registry().endpoint(endpoint)

@@ -11,7 +11,7 @@ from serving.errors import InvalidInput, detail
 from serving.http import bodies
 from serving.http.auth import require_admin
 from serving.http.context import annotate, registry
-from serving.payloads import MAX_BY_LENGTH, check_text
+from serving.protocol.payloads import MAX_BY_LENGTH, check_text
 
 blueprint = Blueprint("publishing", __name__, url_prefix="/api/v1")
 
@@ -27,7 +27,7 @@ def publish_version(endpoint: str, version: str) -> tuple[dict[str, Any], int]:
     before anything is stored, and is never overwritten. Every worker of every replica on
     the database serves it within STATUS_REFRESH_SECONDS, with model.json's `initial_status`
     (default testing)."""
-    from serving import publishing  # imported at start-up: see serving.http
+    from serving.model import publishing  # imported at start-up: see serving.http
 
     require_admin()
     settings = current_app.config["SETTINGS"]

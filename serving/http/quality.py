@@ -9,8 +9,8 @@ from typing import Any
 from flask import Blueprint, request
 
 from serving.errors import BadRequest, detail
-from serving.folders import version_order
 from serving.http.context import registry
+from serving.model.folders import version_order
 
 blueprint = Blueprint("quality", __name__, url_prefix="/api/v1/<endpoint>")
 
@@ -18,7 +18,7 @@ blueprint = Blueprint("quality", __name__, url_prefix="/api/v1/<endpoint>")
 @blueprint.get("/performance")
 def performance(endpoint: str) -> dict[str, Any]:
     """Metrics of every version (or ?version=) on predictions made in [?since, ?until)."""
-    from serving.quality import performance_report  # imported at start-up: see serving.http
+    from serving.reports.quality import performance_report  # imported at start-up: see serving.http
 
     versions = registry().endpoint(endpoint)
     # An empty ?version= is the same as an absent one.

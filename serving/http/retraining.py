@@ -17,7 +17,7 @@ from flask import Blueprint, current_app
 from serving.errors import Conflict, InvalidInput, detail
 from serving.http.auth import require_admin
 from serving.http.context import body, registry
-from serving.payloads import MAX_BY_LENGTH, check_text, parse_object
+from serving.protocol.payloads import MAX_BY_LENGTH, check_text, parse_object
 from serving.retraining.options import (
     DEFAULT_MIN_LABELLED,
     RETRAIN_BY,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from serving.decisions.lifecycle import ARCHIVED, PRODUCTION
 from serving.errors import (
     Conflict,
     InvalidInput,
@@ -26,15 +27,14 @@ from serving.errors import (
     render_http_exception,
     render_short,
 )
-from serving.folders import version_order
 from serving.http import bodies, health
 from serving.http.context import annotate, lifecycle, registry, services
-from serving.lifecycle import ARCHIVED, PRODUCTION
-from serving.payloads import id_key
+from serving.model.folders import version_order
+from serving.protocol.payloads import id_key
 
 if TYPE_CHECKING:
-    from serving.inference_v2 import InferRequest
-    from serving.runtime import LoadedModel
+    from serving.model.runtime import LoadedModel
+    from serving.protocol.inference_v2 import InferRequest
 
 SERVER_NAME = "sklearn-serving"
 # The API's version, as the OpenAPI document's info.version says.
@@ -62,7 +62,7 @@ _short_errors(infer_blueprint)
 @blueprint.get("")
 def server_metadata() -> dict[str, Any]:
     """Server metadata: name, version and protocol extensions (Triton's binary tensor data)."""
-    from serving import binary_tensors
+    from serving.protocol import binary_tensors
 
     return {
         "name": SERVER_NAME,
@@ -136,7 +136,7 @@ def _default_model(endpoint: str) -> LoadedModel:
 
 
 def _metadata(endpoint: str, model: LoadedModel) -> dict[str, Any]:
-    from serving import inference_v2
+    from serving.protocol import inference_v2
 
     statuses = lifecycle().statuses()
     versions = registry().endpoint(endpoint)
@@ -174,7 +174,8 @@ def _ready(endpoint: str, version: str | None) -> tuple[dict[str, Any], int, dic
 
 def _infer(endpoint: str, version: str | None) -> dict[str, Any] | Response:
     # Imported here, as every view's scoring code is: see serving.http.
-    from serving import binary_tensors, dataplane, inference_v2
+    from serving import dataplane
+    from serving.protocol import binary_tensors, inference_v2
 
     # The model first: an unknown one is 404 whatever the body holds.
     model = registry().resolve(endpoint, lifecycle().statuses(), version=version)

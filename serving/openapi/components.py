@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from serving.drift import DEFAULT_WINDOW_ROWS, MAX_WINDOW_ROWS
-from serving.lifecycle import STATUSES
-from serving.payloads import MAX_ID_LENGTH
+from serving.decisions.lifecycle import STATUSES
+from serving.protocol.payloads import MAX_ID_LENGTH
+from serving.reports.drift import DEFAULT_WINDOW_ROWS, MAX_WINDOW_ROWS
 
 ADMIN = "adminToken"
 CLIENT = "clientToken"
@@ -439,7 +439,7 @@ def ab_test_start(versions: Sequence[str]) -> dict[str, Any]:
     }
 
 
-# An endpoint's or version's name (serving.registry): in URLs and folder names.
+# An endpoint's or version's name (serving.model.registry): in URLs and folder names.
 PLAIN_NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 # Response headers: every answer carries X-Request-ID, every 503 Retry-After.

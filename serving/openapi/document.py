@@ -11,7 +11,8 @@ from typing import Any
 from werkzeug.routing import Map
 
 from serving.config import Settings
-from serving.folders import version_order
+from serving.model.folders import version_order
+from serving.model.registry import Registry
 from serving.openapi import inference_v2
 from serving.openapi.components import (
     ADMIN,
@@ -29,7 +30,6 @@ from serving.openapi.components import (
 )
 from serving.openapi.inputs import endpoint_components, generic_components
 from serving.openapi.operations import MODEL, OPERATIONS, TAGS, Operation, Reply
-from serving.registry import Registry
 
 DESCRIPTION = """\
 Predictions from scikit-learn pipelines, one endpoint per model, with versions, A/B tests,

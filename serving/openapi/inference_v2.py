@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from serving.inference_v2 import DATATYPES, OUTPUTS
 from serving.openapi.components import (
     BOOLEAN,
     ERRORS,
@@ -18,6 +17,7 @@ from serving.openapi.components import (
     obj,
     ref,
 )
+from serving.protocol.inference_v2 import DATATYPES, OUTPUTS
 
 # Error response components: the usual name with this prefix.
 PREFIX = "V2"

@@ -7,11 +7,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from serving import quality
-from serving.folders import version_order
+from serving.model.folders import version_order
+from serving.model.runtime import LoadedModel
+from serving.model.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field, integer_range
 from serving.openapi.components import array, ref
-from serving.runtime import LoadedModel
-from serving.schema import BOOLEAN, CATEGORY, INTEGER, NUMBER, STRING, Field, integer_range
+from serving.reports import quality
 
 # Examples in the document stay short; the full list is in x-training-categories.
 MAX_EXAMPLES = 10
@@ -224,7 +224,7 @@ GENERIC_OBSERVATION = {
 }
 GENERIC_TRUTH = {
     "type": ["string", "number"],
-    # Numbers beyond these are refused by every model (serving/quality.py, MEASURABLE).
+    # Numbers beyond these are refused by every model (serving/reports/quality.py, MEASURABLE).
     "minimum": -quality.MEASURABLE,
     "maximum": quality.MEASURABLE,
     "description": "One of the model's classes (or its text); a number for a regression.",

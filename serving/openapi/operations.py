@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.lifecycle import STATUSES
+from serving.decisions.lifecycle import STATUSES
 from serving.openapi.components import (
     ANY,
     ERRORS,

@@ -1,8 +1,8 @@
 """How a candidate becomes a version every worker serves, and which version it gets.
 
 `publish_candidate` is the one seam to the packaging and publishing code: a candidate is
-packaged (`serving.packaging.package`, skops) into a temporary folder, then published
-(`serving.publishing.publish`): its files stored in the database, where every worker of
+packaged (`serving.model.packaging.package`, skops) into a temporary folder, then published
+(`serving.model.publishing.publish`): its files stored in the database, where every worker of
 every replica loads it within STATUS_REFRESH_SECONDS, or at once when a request needs it.
 Nothing is written under MODELS_DIR but the endpoint's lock file.
 """
@@ -18,15 +18,15 @@ from typing import Any
 
 import pandas as pd
 
-from serving import folders, published, publishing, skops_format
 from serving.config import Settings
-from serving.database import unit_of_work
+from serving.decisions.lifecycle import TESTING
 from serving.errors import Conflict, ServiceError, detail
-from serving.lifecycle import TESTING
-from serving.packaging import RESERVED_KEYS, PackagingError, package
-from serving.registry import Registry
-from serving.runtime import LoadedModel
-from serving.tables import VersionStatus
+from serving.model import folders, published, publishing, skops_format
+from serving.model.packaging import RESERVED_KEYS, PackagingError, package
+from serving.model.registry import Registry
+from serving.model.runtime import LoadedModel
+from serving.store.database import unit_of_work
+from serving.store.tables import VersionStatus
 
 LOCK_FILE = ".retrain.lock"
 
@@ -46,7 +46,7 @@ def publish_candidate(
     settings: Settings,
     registry: Registry,
 ) -> LoadedModel:
-    """Package a fitted candidate with `serving.packaging.package` in skops (the profile of
+    """Package a fitted candidate with `serving.model.packaging.package` in skops (the profile of
     `X_fit`, holdout metrics, every file's sha256, loaded back and checked) in a temporary
     folder, publish it as `endpoint`/`version` with its first history row (`testing`, by
     `by`, with `reason`), and return it as `registry` now serves it. `metadata` is the job's

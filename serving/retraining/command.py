@@ -15,7 +15,6 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 import serving
-from serving import database
 from serving.errors import ServiceError
 from serving.retraining.options import (
     DEFAULT_HOLDOUT_FRACTION,
@@ -25,6 +24,7 @@ from serving.retraining.options import (
     Options,
     parse_instant,
 )
+from serving.store import database
 
 if TYPE_CHECKING:
     from serving.retraining.job import Outcome
@@ -82,8 +82,8 @@ def retrain_command(
     candidate if the gate passes it, then shadow or A/B test it."""
     # Here, not at the top: `flask --help` and the other commands need neither pandas nor
     # scikit-learn, which the job and the model loader import.
+    from serving.model.runtime import ModelLoadError
     from serving.retraining import job
-    from serving.runtime import ModelLoadError
 
     try:
         options = Options(

@@ -2,7 +2,7 @@
 production on exactly the same held-out rows.
 
 Figures: accuracy, ROC AUC and log loss for classifiers; MAE and RMSE for regressions. The
-decision rests on one paired test, the one shadows use (`serving.statistics`): McNemar's
+decision rests on one paired test, the one shadows use (`serving.reports.statistics`): McNemar's
 exact test on the rows where exactly one of the two was right (classifiers), a paired t-test
 on absolute errors (regressions), two-sided at ALPHA. The candidate **passes unless that test
 finds production significantly better** (p < ALPHA with production ahead): a candidate no
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from serving import statistics
-from serving.runtime import LoadedModel
+from serving.model.runtime import LoadedModel
+from serving.reports import statistics
 
 CANDIDATE_BETTER, NO_DIFFERENCE, CANDIDATE_WORSE = (
     "candidate better",

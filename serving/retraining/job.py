@@ -36,12 +36,14 @@ import pandas as pd
 from flask import Flask
 from sklearn.base import clone
 
-from serving import artifacts
 from serving.config import REPO_ROOT, Settings
+from serving.decisions.experiments import Experiments
+from serving.decisions.lifecycle import TESTING, Lifecycle
+from serving.decisions.shadows import Shadows
 from serving.errors import Conflict, InvalidInput, ServiceError, detail
-from serving.experiments import Experiments
-from serving.lifecycle import TESTING, Lifecycle
-from serving.registry import Registry
+from serving.model import artifacts
+from serving.model.registry import Registry
+from serving.model.runtime import LoadedModel
 from serving.retraining import gate as gates
 from serving.retraining import rows as logged
 from serving.retraining.candidate import (
@@ -51,9 +53,7 @@ from serving.retraining.candidate import (
     registered_with,
 )
 from serving.retraining.options import AB, NONE, SHADOW, Options
-from serving.runtime import LoadedModel
-from serving.shadows import Shadows
-from serving.tables import iso, utcnow
+from serving.store.tables import iso, utcnow
 
 logger = logging.getLogger(__name__)
 

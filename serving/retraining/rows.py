@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import pandas as pd
 
-from serving.database import unit_of_work
 from serving.errors import ServiceError
-from serving.runtime import LoadedModel
-from serving.tables import Prediction, iso
+from serving.model.runtime import LoadedModel
+from serving.store.database import unit_of_work
+from serving.store.tables import Prediction, iso
 
 
 @dataclass(frozen=True)

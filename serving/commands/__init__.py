@@ -1,0 +1,1 @@
+"""The `flask` commands: the group, models add/check and push."""

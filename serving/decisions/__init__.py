@@ -1,0 +1,1 @@
+"""Which version answers: statuses, routing, A/B tests, shadows and API keys."""

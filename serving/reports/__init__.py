@@ -1,0 +1,1 @@
+"""What the log says: quality from ground truth, statistics, drift and traffic."""

@@ -1,0 +1,284 @@
+"""Retention: predictions older than PREDICTION_RETENTION_DAYS exported to Parquet, then dropped.
+
+What goes, each in a transaction of its own, oldest first:
+- PostgreSQL: every month partition whose whole month is older than the cutoff (a partition
+  is dropped whole, never thinned, so rows stay between N and N + 31 days), and the rows of
+  the default partition older than the cutoff;
+- SQLite: the rows of `prediction` older than the cutoff.
+
+Each set is locked against writes (PostgreSQL: SHARE on its table; SQLite: the write
+transaction), counted, written to `<dir>/<name>.parquet` (via a `.partial` file, fsynced, then
+renamed), and the file read back: only when it holds exactly the counted rows are the rows'
+keys deleted and the rows dropped, in that same transaction. Any failure rolls it back, so a
+row is never dropped that is not in a file. An existing file is never overwritten: a
+second export of the same name (rows whose drop failed last time) gets a `-2` suffix.
+Once a row is dropped, its observation id may be stored again (the key goes with it).
+Shadow scores of dropped rows are left in `shadow_score`, unexported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import peewee
+from flask import current_app
+from flask.cli import with_appcontext
+
+from serving.store import database, migrations, partitions
+from serving.store.database import db, is_sqlite, write_transaction
+from serving.store.dialect import sql
+from serving.store.tables import utcnow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# The schema version that made the layout this module prunes.
+LAYOUT_VERSION = 7
+# Rows read from the database and written to the file at a time: bounded memory.
+ROWS_PER_CHUNK = 50_000
+# PostgreSQL: dropping a partition needs the parent table to itself for an instant; waiting
+# longer would hold every request on the table behind the drop. The next run tries again.
+DROP_LOCK_TIMEOUT = "3s"
+# An arbitrary constant: every run of the command takes this advisory lock per set of rows.
+_PG_LOCK_KEY = 7_402_114
+
+
+@functools.cache
+def schema() -> pa.Schema:
+    """The Parquet files' columns: the table's, with its types. (pyarrow is imported here, by
+    the command alone: it brings numpy, which no other command or route may pay for.)"""
+    import pyarrow as pa
+
+    columns = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("endpoint", pa.string()),
+            ("model_version", pa.string()),
+            ("observation_id", pa.string()),
+            ("observation", pa.string()),
+            ("proba", pa.float64()),
+            ("prediction", pa.string()),
+            ("true_class", pa.string()),
+            ("created_at", pa.timestamp("us")),
+            ("updated_at", pa.timestamp("us")),
+            ("probabilities", pa.string()),
+            ("value", pa.float64()),
+            ("ab_test", pa.int64()),
+            ("arm", pa.string()),
+        ]
+    )
+    assert tuple(columns.names) == partitions.COLUMNS
+    return columns
+
+
+class ExportFailed(Exception):
+    """A file that does not hold the rows it was meant to: nothing was dropped."""
+
+
+@dataclass(frozen=True)
+class Old:
+    """Rows due to go: all of a partition (`before` None), or a table's rows before a time."""
+
+    name: str
+    table: str
+    before: str | None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one set became: its rows, the file holding them (None when there were none)."""
+
+    name: str
+    rows: int
+    path: Path | None
+
+
+def cutoff(now: dt.datetime, days: int) -> dt.datetime:
+    """Rows created before this instant are due (whole seconds, UTC)."""
+    return (now - dt.timedelta(days=days)).replace(microsecond=0)
+
+
+def due(before: dt.datetime) -> list[Old]:
+    """The sets of rows older than `before`, oldest first."""
+    stamp = before.strftime("%Y%m%dT%H%M%S")
+    text = before.isoformat(sep=" ")
+    if is_sqlite():
+        return [Old(f"prediction_before_{stamp}", "prediction", text)]
+    whole = [Old(p.name, p.name, None) for p in partitions.partitions(db.obj) if p.end <= before]
+    return [*whole, Old(f"{partitions.DEFAULT}_before_{stamp}", partitions.DEFAULT, text)]
+
+
+def retire(old: Old, folder: Path) -> Pruned:
+    """Export one set of rows to Parquet in `folder`, check the file, then drop the rows and
+    their keys; all or nothing (see the module's docstring)."""
+    where, params = ("WHERE created_at < ?", [old.before]) if old.before is not None else ("", [])
+    source = f'"{old.table}" {where}'
+    with write_transaction():
+        if not is_sqlite():
+            db.execute_sql("SET LOCAL statement_timeout = 0")
+            # Two runs at once take turns (SQLite's write transaction does it there); the
+            # second then finds the partition the first dropped gone.
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+            if db.execute_sql("SELECT to_regclass(%s)", (old.table,)).fetchone()[0] is None:
+                return Pruned(old.name, 0, None)
+            # Writes (an /update of an old row) wait until the rows are gone or kept.
+            db.execute_sql(f'LOCK TABLE "{old.table}" IN SHARE MODE')
+        count = db.execute_sql(sql(f"SELECT COUNT(*) FROM {source}"), params).fetchone()[0]
+        path = _export(old.name, source, params, count, folder) if count else None
+        db.execute_sql(
+            sql(
+                "DELETE FROM prediction_key WHERE (endpoint, observation_id, id) IN "
+                f"(SELECT endpoint, observation_id, id FROM {source})"
+            ),
+            params,
+        )
+        if old.before is None:
+            db.execute_sql(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+            db.execute_sql(f'DROP TABLE "{old.table}"')
+        else:
+            dropped = db.execute_sql(sql(f"DELETE FROM {source}"), params).rowcount
+            if dropped != count:
+                raise ExportFailed(f"{old.name}: exported {count} rows but {dropped} matched")
+    return Pruned(old.name, count, path)
+
+
+def _export(name: str, source: str, params: list[Any], count: int, folder: Path) -> Path:
+    """Write the rows of `source` to a new Parquet file and check it holds `count` rows."""
+    import pyarrow.parquet as pq
+
+    path = _free_name(folder, name)
+    partial = path.with_name(path.name + ".partial")
+    columns = ", ".join(f'"{c}"' for c in partitions.COLUMNS)
+    query = sql(f"SELECT {columns} FROM {source} ORDER BY id")
+    try:
+        with pq.ParquetWriter(partial, schema()) as writer:
+            for chunk in _chunks(query, params):
+                writer.write_table(_table(chunk))
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    _sync_folder(folder)
+    # Read back: the footer's count, and every id really there to read.
+    held = pq.ParquetFile(path).metadata.num_rows
+    ids = pq.read_table(path, columns=["id"]).column("id")
+    if held != count or len(ids) != count or ids.null_count:
+        raise ExportFailed(f"{path} holds {held} rows, {count} were to be exported")
+    return path
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """`<folder>/<name>.parquet`, or with `-2`, `-3`… when that file exists: never overwrite."""
+    path = folder / f"{name}.parquet"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"{name}-{n}.parquet"
+    return path
+
+
+def _chunks(query: str, params: list[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """The query's rows, ROWS_PER_CHUNK at a time (PostgreSQL: a cursor on the server, in the
+    transaction; peewee's connections are in autocommit mode, where psycopg2 has none)."""
+    if is_sqlite():
+        cursor = db.execute_sql(query, params)
+        while rows := cursor.fetchmany(ROWS_PER_CHUNK):
+            yield rows
+        return
+    db.execute_sql(f"DECLARE prune_rows NO SCROLL CURSOR FOR {query}", params)
+    while rows := db.execute_sql(f"FETCH {ROWS_PER_CHUNK} FROM prune_rows").fetchall():
+        yield rows
+    db.execute_sql("CLOSE prune_rows")
+
+
+def _table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    import pyarrow as pa
+
+    columns = list(zip(*rows, strict=True))
+    arrays = []
+    for field, values in zip(schema(), columns, strict=True):
+        if pa.types.is_timestamp(field.type):
+            values = tuple(map(_timestamp, values))
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema())
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    # SQLite hands timestamps back as the text it stored; a malformed one fails the export.
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(value)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename durable before anything is dropped."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune(folder: Path, days: int, say: Callable[[str], None]) -> list[Pruned]:
+    """Make the partitions due ahead, then export and drop every set of rows older than
+    `days`, oldest first; stop at the first failure (what went before stays done)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = migrations.ensure_partitions()
+    if made:
+        say(f"made partitions {', '.join(made)}")
+    before = cutoff(utcnow(), days)
+    done = []
+    db.connect(reuse_if_open=True)
+    for old in due(before):
+        pruned = retire(old, folder)
+        done.append(pruned)
+        if pruned.path is not None:
+            say(f"{old.name}: exported {pruned.rows} rows to {pruned.path}, then dropped them")
+        elif old.before is None:
+            say(f"{old.name}: empty, dropped")
+    if not any(p.rows for p in done):
+        say(f"no prediction older than {before:%Y-%m-%d %H:%M:%S} UTC to prune")
+    return done
+
+
+@click.command("prune-predictions")
+@click.option(
+    "--to",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the folder the Parquet files are written to (made if missing)",
+)
+@with_appcontext
+def prune_command(folder: Path) -> None:
+    """Export predictions older than PREDICTION_RETENTION_DAYS to Parquet files, check each
+    file, and only then drop the rows it holds; also make the partitions due ahead."""
+    settings = current_app.config["SETTINGS"]
+    days = settings.prediction_retention_days
+    if not days:
+        raise click.ClickException(
+            "PREDICTION_RETENTION_DAYS is not set: predictions are kept forever. Set it to "
+            "the days a prediction is kept, then run this again."
+        )
+    try:
+        if settings.migrate_on_start:
+            migrations.migrate()
+        version = migrations.current_version()
+        if version < LAYOUT_VERSION:
+            raise click.ClickException(
+                f"The schema is at version {version}; run flask migrate first."
+            )
+        prune(folder, days, click.echo)
+    # pyarrow's errors are ValueError (bad values) or OSError (files).
+    except (ExportFailed, OSError, ValueError, peewee.DatabaseError) as exc:
+        raise click.ClickException(f"nothing more was dropped: {exc}") from exc
+    finally:
+        database.close_all()
