@@ -12,6 +12,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import joblib
@@ -163,8 +165,73 @@ def test_an_arrow_array_with_broken_offsets_is_refused_before_pandas_reads_it():
     # Passes pyarrow's cheap checks; its offsets go backwards, which only the full check sees.
     offsets = pa.py_buffer(np.array([0, 2, 1], dtype=np.int32).tobytes())
     broken = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"ab")])
-    with pytest.raises(pa.ArrowInvalid, match="non-monotonic offset"):
+    with pytest.raises(pickle.UnpicklingError, match="non-monotonic offset"):
         dtypes_pickle.loads(pickle.dumps(broken))
+
+
+class _ArrowState:
+    """Pickles as pyarrow's array rebuilding with whatever state it is given."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        from pyarrow.lib import _restore_array
+
+        return _restore_array, (self.state,)
+
+
+class _Allocation:
+    """Pickles as bytearray(n): n bytes of memory asked for by a 30-byte file."""
+
+    def __reduce__(self):
+        return bytearray, (10**10,)
+
+
+def _crafted_arrow_pickles() -> dict[str, bytes]:
+    import pyarrow as pa
+
+    text = pa.py_buffer(b"ab")
+    offsets = pa.py_buffer(b"\x00\x00\x00\x00\x02\x00\x00\x00")
+    children: list = []
+    looping = (pa.string(), 1, 0, 0, [None, offsets, text], children, None)
+    children.append(looping)
+    return {
+        # pyarrow reads buffers[1] and buffers[2] of a text array without checking there are
+        # three: out of bounds in C++, before any validation could run.
+        "one buffer": pickle.dumps(_ArrowState((pa.string(), 1, 0, 0, [text], [], None))),
+        # Children that contain themselves: pyarrow's rebuilding recurses without limit.
+        "children": pickle.dumps(_ArrowState(looping)),
+        "not text": pickle.dumps(
+            _ArrowState((pa.int64(), 1, 0, 0, [None, pa.py_buffer(bytes(8))], [], None))
+        ),
+        "a number of bytes": pickle.dumps(_Allocation()),
+    }
+
+
+def test_crafted_arrow_states_are_refused_in_python_before_pyarrow_sees_them():
+    """Each of these crashed the process (SIGSEGV) or asked for 10 GB before the check: run
+    in a child process, so a crash fails this test instead of ending the run."""
+    pytest.importorskip("pyarrow")
+    for name, data in _crafted_arrow_pickles().items():
+        script = (
+            "import pickle, sys\n"
+            "from serving.model import dtypes_pickle\n"
+            "try:\n"
+            "    dtypes_pickle.loads(sys.stdin.buffer.read())\n"
+            "except pickle.UnpicklingError as exc:\n"
+            "    print('refused:', exc)\n"
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", script],
+            input=data,
+            capture_output=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert child.returncode == 0, (name, child.returncode, child.stderr[-2000:])
+        assert child.stdout.startswith(b"refused:"), (name, child.stdout, child.stderr[-2000:])
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())

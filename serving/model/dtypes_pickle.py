@@ -77,31 +77,70 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
 # pandas 3 keeps text in Arrow arrays when pyarrow is installed (the service installs it to
 # read Parquet), so a Series of dtypes written there has an index of column names that
 # pickles as an ArrowStringArray, rebuilt from raw Arrow buffers. These names build data
-# too: a type from its alias, a buffer from bytes. The array itself is rebuilt by
-# `_restore_checked_array`, which validates it in full (offsets within the buffers, valid
-# UTF-8) before pandas reads a byte of it.
+# too: a type from its alias, a buffer from bytes. pyarrow's own `_restore_array` trusts its
+# input (a wrong number of buffers is read out of bounds in C++, nested children recurse
+# without limit): it is never called. `_restore_checked_array` takes its place, accepts
+# only a flat text array of three buffers, builds it with `Array.from_buffers` (which checks
+# the count and the sizes) and validates it in full (offsets, UTF-8) before pandas reads it.
 ARROW_ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
         ("pandas.arrays", "ArrowStringArray"),
         ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
         ("pyarrow.lib", "type_for_alias"),
         ("pyarrow.lib", "py_buffer"),
-        ("builtins", "bytearray"),
     }
 )
 
 
-def _restore_checked_array(state: Any) -> Any:
-    """pyarrow's own rebuilding of a pickled array, then its full validation."""
-    from pyarrow.lib import _restore_array
+def _refuse_array(problem: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(
+        f"an Arrow array in it {problem}, which a dtypes pickle never has"
+    )
 
-    array = _restore_array(state)
-    array.validate(full=True)
+
+def _restore_checked_array(state: Any) -> Any:
+    """A text array from the state pyarrow pickles, checked before anything reads it."""
+    import pyarrow as pa
+
+    if not isinstance(state, tuple) or len(state) != 7:
+        raise _refuse_array("has an unexpected shape")
+    kind, length, null_count, offset, buffers, children, dictionary = state
+    if kind not in (pa.string(), pa.large_string()):
+        raise _refuse_array(f"holds {kind!r}, not text")
+    if children != [] or dictionary is not None:
+        raise _refuse_array("has children or a dictionary")
+    counts = (length, null_count, offset)
+    if any(type(n) is not int for n in counts) or length < 0 or offset < 0 or null_count < -1:
+        raise _refuse_array("has a length, offset or null count that is not a count")
+    if (
+        not isinstance(buffers, list)
+        or len(buffers) != 3
+        or buffers[1] is None
+        or buffers[2] is None
+        or not all(b is None or isinstance(b, pa.Buffer) for b in buffers)
+    ):
+        raise _refuse_array("does not have the three buffers of a text array")
+    try:
+        array = pa.Array.from_buffers(kind, length, buffers, null_count=null_count, offset=offset)
+        array.validate(full=True)
+    except (pa.ArrowException, ValueError) as exc:
+        raise _refuse_array(f"is malformed ({exc})") from exc
     return array
 
 
+def _bytes_copy(*args: Any) -> bytearray:
+    """`bytearray` as a buffer's pickle spells it (from bytes, or from text and 'latin-1'),
+    never from a number: `bytearray(10**10)` would allocate 10 GB."""
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytearray(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] == "latin-1":
+        return bytearray(args[0], "latin-1")
+    raise pickle.UnpicklingError("a buffer in it is not built from bytes")
+
+
 SUBSTITUTES: dict[tuple[str, str], Any] = {
-    ("pyarrow.lib", "_restore_array"): _restore_checked_array
+    ("pyarrow.lib", "_restore_array"): _restore_checked_array,
+    ("builtins", "bytearray"): _bytes_copy,
 }
 
 
