@@ -120,6 +120,18 @@ def retire(old: Old, folder: Path) -> Pruned:
     their keys; all or nothing (see the module's docstring)."""
     where, params = ("WHERE created_at < ?", [old.before]) if old.before is not None else ("", [])
     source = f'"{old.table}" {where}'
+    files: list[Path] = []
+    try:
+        return _retire(old, folder, source, params, files)
+    except BaseException:
+        # The transaction rolled back, so the rows are still in the database: a file of them
+        # left behind would be exported again by the next run, and counted twice by readers.
+        for path in files:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _retire(old: Old, folder: Path, source: str, params: list[Any], files: list[Path]) -> Pruned:
     with write_transaction():
         if not is_sqlite():
             db.execute_sql("SET LOCAL statement_timeout = 0")
@@ -131,7 +143,7 @@ def retire(old: Old, folder: Path) -> Pruned:
             # Writes (an /update of an old row) wait until the rows are gone or kept.
             db.execute_sql(f'LOCK TABLE "{old.table}" IN SHARE MODE')
         count = db.execute_sql(sql(f"SELECT COUNT(*) FROM {source}"), params).fetchone()[0]
-        path = _export(old.name, source, params, count, folder) if count else None
+        path = _export(old.name, source, params, count, folder, files) if count else None
         db.execute_sql(
             sql(
                 "DELETE FROM prediction_key WHERE (endpoint, observation_id, id) IN "
@@ -149,8 +161,11 @@ def retire(old: Old, folder: Path) -> Pruned:
     return Pruned(old.name, count, path)
 
 
-def _export(name: str, source: str, params: list[Any], count: int, folder: Path) -> Path:
-    """Write the rows of `source` to a new Parquet file and check it holds `count` rows."""
+def _export(
+    name: str, source: str, params: list[Any], count: int, folder: Path, files: list[Path]
+) -> Path:
+    """Write the rows of `source` to a new Parquet file (added to `files` once it has its
+    name) and check it holds `count` rows."""
     import pyarrow.parquet as pq
 
     path = _free_name(folder, name)
@@ -164,6 +179,7 @@ def _export(name: str, source: str, params: list[Any], count: int, folder: Path)
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
         os.replace(partial, path)
+        files.append(path)
     finally:
         partial.unlink(missing_ok=True)
     _sync_folder(folder)
