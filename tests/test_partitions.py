@@ -130,3 +130,30 @@ def test_a_row_written_around_the_store_takes_an_id_no_prediction_reuses(app):
         after = Prediction.get(Prediction.observation_id == "after-the-backfill").id
         assert after > hand
         assert PredictionKey.get(PredictionKey.observation_id == "after-the-backfill").id == after
+
+
+def test_an_id_whose_row_was_deleted_by_hand_is_stored_anew(app):
+    """The README allows deleting rows in SQL (then `flask rollups --rebuild`); the key left
+    behind must not turn every resend of that id into a 500."""
+    client = app.test_client()
+    body = {"id": "deleted-by-hand", "observation": PASSENGER}
+    first = client.post("/predict", json=body)
+    assert first.status_code == 200, first.get_json()
+    with app.app_context():
+        db.connect(reuse_if_open=True)
+        Prediction.delete().where(Prediction.observation_id == "deleted-by-hand").execute()
+        assert (
+            PredictionKey.select().where(PredictionKey.observation_id == "deleted-by-hand").count()
+            == 1
+        )
+    again = client.post("/predict", json=body)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["proba"] == first.get_json()["proba"]
+    with app.app_context():
+        rows = list(Prediction.select().where(Prediction.observation_id == "deleted-by-hand"))
+        [key] = list(
+            PredictionKey.select().where(PredictionKey.observation_id == "deleted-by-hand")
+        )
+        assert [row.id for row in rows] == [key.id]
+    replay = client.post("/predict", json=body)
+    assert replay.get_json() == again.get_json()

@@ -24,6 +24,7 @@ from serving.protocol.payloads import id_key
 from serving.store import dialect
 from serving.store.database import (
     db,
+    is_sqlite,
     release_connection,
     unit_of_work,
 )
@@ -246,7 +247,30 @@ def _write_new(
     """Insert-or-ignore the first row of each key, then read the rows stored before under
     the keys that were not inserted."""
     inserted = _insert_new(batch, sorted(first.values()))
-    return inserted, _fetch([key for key in first if key not in inserted])
+    earlier = _fetch([key for key in first if key not in inserted])
+    orphans = [key for key in first if key not in inserted and key not in earlier]
+    if orphans:
+        # A key whose row is gone (deleted by hand, or pruned between the two statements
+        # above): its id is free again, so the row is stored anew rather than failing.
+        _forget_orphan_keys(orphans)
+        inserted.update(_insert_new(batch, sorted(first[key] for key in orphans)))
+        earlier.update(_fetch([key for key in orphans if key not in inserted]))
+    return inserted, earlier
+
+
+def _forget_orphan_keys(keys: Sequence[tuple[str, str]]) -> None:
+    param = dialect.param()
+    # The id alone finds the row on SQLite (its primary key; times there are text, which
+    # another writer may have spelt otherwise); PostgreSQL also needs the time to look in
+    # one partition only.
+    same_time = "" if is_sqlite() else ' AND p."created_at" = "prediction_key"."created_at"'
+    for endpoint, observation_id in keys:
+        db.execute_sql(
+            'DELETE FROM "prediction_key" WHERE "endpoint" = '
+            f'{param} AND "observation_id" = {param} AND NOT EXISTS (SELECT 1 FROM '
+            f'"prediction" p WHERE p."id" = "prediction_key"."id"{same_time})',
+            (endpoint, observation_id),
+        )
 
 
 def conflict(observation_id: str | int) -> Conflict:
