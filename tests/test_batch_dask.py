@@ -430,3 +430,37 @@ def test_partition_boundaries_are_the_records_flask_score_reads(tmp_path, seed):
         for block in (1, 7, 1 << 20):  # a block may end anywhere, inside quotes too
             found = partitions.record_boundaries(source, reader.data_start, every, block)
             assert list(found) == expected, (every, block)
+
+
+def test_a_worker_refuses_a_file_that_is_not_the_clients(tmp_path):
+    """Byte ranges planned on the client's file, read from another file at the same path
+    (a stale copy on one machine), would start inside records: refused with a sentence."""
+    from serving.batch import partitions
+    from serving.errors import BadRequest
+
+    source = tmp_path / "in.csv"
+    source.write_text("id,Age\n1,22\n2,38\n")
+    plan = partitions.plan(source, 1)
+    source.write_text("id,Age\n1,22\n2,38\n3,26\n")
+    with pytest.raises(BadRequest, match="the workers need the same file"):
+        partitions.read(plan.partitions[0], plan.head, plan.header, "id")
+    source.unlink()
+    with pytest.raises(BadRequest, match="cannot open"):
+        partitions.read(plan.partitions[0], plan.head, plan.header, "id")
+
+
+def test_a_local_database_names_its_machine(tmp_path, monkeypatch):
+    """A relative SQLite path is the file peewee opens (relative to the working folder), and
+    it, like a PostgreSQL reached as localhost, is this machine's: a worker elsewhere with
+    the same URL stores somewhere else and is refused."""
+    from serving.batch.cluster import database_identity
+
+    monkeypatch.chdir(tmp_path)
+    here = socket.gethostname()
+    assert database_identity("sqlite:///predictions.db") == (
+        f"sqlite://{here}{(tmp_path / 'predictions.db').resolve()}"
+    )
+    assert database_identity("postgresql://u:secret@localhost/db") == (
+        f"postgresql://{here}/localhost:5432/db"
+    )
+    assert database_identity("postgres://u@db.example:6543/x") == "postgresql://db.example:6543/x"

@@ -23,6 +23,7 @@ sha256 of every model file) or that stores into another database refuses its par
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -79,34 +80,49 @@ class Outcome:
     error: str | None = None
 
 
+_LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
+
+
 def database_identity(url: str) -> str:
-    """Which database a URL names, without user or password: enough to tell two apart."""
+    """Which database a URL names, without user or password: enough to tell two apart.
+
+    A SQLite file, and a PostgreSQL server reached as localhost or through a socket, are
+    this machine's own: the identity names the machine, so a worker on another host (which
+    would store into a file or server of its own) is refused rather than trusted."""
+    from playhouse.db_url import parse
+
     parts = urlsplit(url)
     scheme = parts.scheme.split("+")[0]
     if scheme.startswith("sqlite"):
-        path = url.split("://", 1)[1].split("?")[0]
-        return "sqlite:" + (path if path == ":memory:" else os.path.realpath(path))
+        path = parse(url)["database"]  # as peewee opens it: relative to the working folder
+        where = path if path == ":memory:" else os.path.realpath(path)
+        return f"sqlite://{socket.gethostname()}{where}"
     scheme = "postgresql" if scheme == "postgres" else scheme
-    return f"{scheme}://{parts.hostname}:{parts.port or 5432}{parts.path}"
+    host = parts.hostname
+    if host in _LOCAL_HOSTS:
+        host = f"{socket.gethostname()}/{host or 'socket'}"
+    return f"{scheme}://{host}:{parts.port or 5432}{parts.path}"
 
 
 # ---- on a worker ----------------------------------------------------------------------
 
-_apps: dict[str, Flask] = {}
+_apps: list[Flask] = []
 _loading = threading.Lock()
 
 
-def _worker_app(endpoint: str) -> Flask:
-    """This worker process's app for `endpoint`, built from its own environment on first use."""
+def _worker_app() -> Flask:
+    """This worker process's one app, built from its own environment on first use with every
+    endpoint it serves. One app, not one per endpoint: building an app binds the process's
+    database, and a second one built while a partition of the first is inside its
+    transaction would move that transaction's remaining statements to another connection."""
     with _loading:
-        app = _apps.get(endpoint)
-        if app is None:
+        if not _apps:
             import serving
 
             app = serving.create_app(load=False)
-            serving.load_models(app, [endpoint])
-            _apps[endpoint] = app
-        return app
+            serving.load_models(app)
+            _apps.append(app)
+        return _apps[0]
 
 
 def _refusal(app: Flask, job: Job) -> str | None:
@@ -143,7 +159,7 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
     from serving.store import database
 
     try:
-        app = _worker_app(job.endpoint)
+        app = _worker_app()
     except ModelLoadError as exc:
         return Outcome(partition.index, error=f"the worker cannot load the models: {exc}")
     with app.app_context():

@@ -11,6 +11,7 @@ re-run after an interruption cuts the same partitions and resumes at the first u
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ class Partition:
     start: int
     end: int
     line: int = 0
+    # The file's size where the client planned it: a worker that sees another size has
+    # another file at that path, and its byte ranges would start inside records.
+    file_size: int = -1
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def plan(source: Path, partition_rows: int) -> Plan:
     partitions: list[Partition] = []
     start, line = reader.data_start, 2
     for end, after in record_boundaries(source, reader.data_start, partition_rows):
-        partitions.append(Partition(len(partitions), where, CSV, start, end, line))
+        partitions.append(Partition(len(partitions), where, CSV, start, end, line, reader.size))
         start, line = end, after
     return Plan(CSV, reader.size, reader.header, reader.head, partitions)
 
@@ -145,7 +149,14 @@ def _plan_parquet(source: Path, partition_rows: int) -> Plan:
             counted += metadata.row_group(group).num_rows
             if counted >= partition_rows or group == metadata.num_row_groups - 1:
                 partitions.append(
-                    Partition(len(partitions), str(path.resolve()), PARQUET, start, group + 1)
+                    Partition(
+                        len(partitions),
+                        str(path.resolve()),
+                        PARQUET,
+                        start,
+                        group + 1,
+                        file_size=path.stat().st_size,
+                    )
                 )
                 start, counted = group + 1, 0
     return Plan(PARQUET, size, header or [], b"", partitions)
@@ -154,6 +165,18 @@ def _plan_parquet(source: Path, partition_rows: int) -> Plan:
 def read(partition: Partition, head: bytes, header: list[str], id_column: str) -> rows.Rows:
     """A partition's rows, read where this runs (a worker): CSV cells as text, as `flask
     score` reads them, or Parquet's typed values."""
+    try:
+        size = os.path.getsize(partition.path)
+    except OSError as exc:
+        raise BadRequest(
+            f"this worker cannot open {partition.path} ({exc.strerror}): the workers need the "
+            "input at the same path as the client"
+        ) from exc
+    if partition.file_size >= 0 and size != partition.file_size:
+        raise BadRequest(
+            f"{partition.path} is {size} bytes on this worker and {partition.file_size} where "
+            "the client planned it: the workers need the same file"
+        )
     if partition.kind == CSV:
         with open(partition.path, "rb") as handle:
             handle.seek(partition.start)
