@@ -35,7 +35,7 @@ def test_concurrent_migrations_apply_once(database_url):
     script = textwrap.dedent(
         """
         import sys
-        from serving import migrations
+        from serving.store import migrations
         from serving.config import Settings
         from serving.store.database import db, open_database
         db.initialize(open_database(Settings(database_url=sys.argv[1])))

@@ -389,7 +389,7 @@ def _provenance(
     provenance: dict[str, Any] = {
         "rows": len(X_train),
         "learner": type(learner).__name__,
-        "packaged_by": "serving.model.packaging.package",
+        "packaged_by": "serving.package",
     }
     for key, path in (("data", training_data), ("holdout", holdout_data)):
         if path is not None:
