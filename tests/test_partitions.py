@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from serving.store import migrations, partitions, predictions
 from serving.store.database import db, is_sqlite
 from serving.store.predictions import NewPredictions, canonical_json
 from serving.store.tables import Prediction, PredictionKey, utcnow
+from tests.conftest import using_postgres
 from tests.samples import PASSENGER
 
 
@@ -157,3 +160,32 @@ def test_an_id_whose_row_was_deleted_by_hand_is_stored_anew(app):
         assert [row.id for row in rows] == [key.id]
     replay = client.post("/predict", json=body)
     assert replay.get_json() == again.get_json()
+
+
+def test_a_busy_log_postpones_a_partition_instead_of_queueing_every_insert(app, database_url):
+    """Making a partition locks `prediction`; behind a long reader (here a transaction that
+    read it and stays open) the service waits at most CREATE_LOCK_TIMEOUT, makes nothing,
+    and the next attempt makes the month once the reader is done."""
+    if not using_postgres():
+        pytest.skip("partitions are PostgreSQL's")
+    import time
+
+    import psycopg2
+
+    later = partitions.month_start(utcnow() + dt.timedelta(days=800))
+    reader = psycopg2.connect(database_url)
+    try:
+        with reader.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM prediction")  # holds its lock until commit
+        with app.app_context():
+            db.connect(reuse_if_open=True)
+            began = time.monotonic()
+            with db.atomic():
+                assert partitions.ensure(db.obj, later, ahead=0) == []
+            assert time.monotonic() - began < 10
+            assert partitions.name_of(later) not in {p.name for p in partitions.partitions(db.obj)}
+        reader.rollback()
+        with app.app_context(), db.atomic():
+            assert partitions.ensure(db.obj, later, ahead=0) == [partitions.name_of(later)]
+    finally:
+        reader.close()

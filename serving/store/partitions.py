@@ -12,12 +12,15 @@ month and the next `AHEAD_MONTHS` when the schema is migrated, when the service 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 
 import peewee
 
 from serving.store.database import is_sqlite
+
+logger = logging.getLogger(__name__)
 
 # Months made beyond the current one: a service restarted or pruned at least this often
 # never sends a row to the default partition.
@@ -106,9 +109,41 @@ def ensure(database: peewee.Database, now: dt.datetime, ahead: int = AHEAD_MONTH
         # A month some partition covers already, even in part (one an operator made with
         # other bounds), is left alone: PostgreSQL would refuse the overlap, and start-up with it.
         if not any(p.start < end and start < p.end for p in have):
-            made.append(create_month(database, start))
+            name = _create_if_free(database, start)
+            if name is not None:
+                made.append(name)
         start = end
     return made
+
+
+# Making a partition locks the whole of `prediction` for an instant; behind a long report
+# that instant would become a queue of every insert. Waiting at most this long, a month that
+# cannot be made now is made by the next start or prune (three months are made ahead, and a
+# row of a month with no partition still lands, in the default one).
+CREATE_LOCK_TIMEOUT = "2s"
+
+
+def _create_if_free(database: peewee.Database, start: dt.datetime) -> str | None:
+    try:
+        with database.atomic():  # a savepoint: a lock timeout undoes this month only
+            database.execute_sql(f"SET LOCAL lock_timeout = '{CREATE_LOCK_TIMEOUT}'")
+            name = create_month(database, start)
+    except peewee.OperationalError as exc:
+        if getattr(getattr(exc, "orig", exc), "pgcode", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        logger.warning(
+            "partition of %s not made: prediction was busy for %s; the next start or prune "
+            "makes it",
+            f"{start:%Y-%m}",
+            CREATE_LOCK_TIMEOUT,
+        )
+        return None
+    finally:
+        database.execute_sql("SET LOCAL lock_timeout = DEFAULT")
+    return name
+
+
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def create_month(database: peewee.Database, start: dt.datetime) -> str:
