@@ -170,11 +170,9 @@ class LoadedModel:
         folder = Path(folder)
         where = f"model folder {folder}"
         pipeline_file = _pipeline_file(where, [n for n in MODEL_FILES if (folder / n).is_file()])
-        for name in (DTYPES_FILE, COLUMNS_FILE):
-            if not (folder / name).is_file():
-                raise ModelLoadError(f"{where}: {name} is missing")
-        # Each file is read once: the bytes whose digest is checked are the bytes parsed, so
-        # a file swapped between the check and the load cannot slip through.
+        # A missing dtypes or columns file is named by from_files. Each file is read once:
+        # the bytes whose digest is checked are the bytes parsed, so a file swapped between
+        # the check and the load cannot slip through.
         contents = {
             name: (folder / name).read_bytes()
             for name in (pipeline_file, DTYPES_FILE, COLUMNS_FILE, METADATA_FILE)

@@ -3,7 +3,7 @@ parameters, and the admin security scheme."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from serving.decisions.lifecycle import STATUSES
@@ -457,10 +457,13 @@ HEADERS: dict[str, dict[str, Any]] = {
 REQUEST_ID = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
 
 
-def error_responses() -> dict[str, dict[str, Any]]:
-    """One response component per error status, all with the Error body."""
+def error_responses(
+    schema: str = "Error", prefix: str = "", statuses: Collection[int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """One response component per error status (those in `statuses`, or all), named
+    `prefix` + the status's name, each with the `schema` body."""
     return {
-        name: {
+        f"{prefix}{name}": {
             "description": description,
             "headers": REQUEST_ID
             | (
@@ -468,9 +471,10 @@ def error_responses() -> dict[str, dict[str, Any]]:
                 if status == 503
                 else {}
             ),
-            "content": {"application/json": {"schema": ref("Error")}},
+            "content": {"application/json": {"schema": ref(schema)}},
         }
         for status, (name, description) in ERRORS.items()
+        if statuses is None or status in statuses
     }
 
 

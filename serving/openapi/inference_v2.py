@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from serving.openapi import components
 from serving.openapi.components import (
     BOOLEAN,
-    ERRORS,
-    REQUEST_ID,
     STRING,
     array,
     obj,
@@ -136,17 +135,4 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 def error_responses(statuses: Collection[int]) -> dict[str, dict[str, Any]]:
     """One response component per error status the v2 operations list, with the
     InferenceError body."""
-    return {
-        f"{PREFIX}{name}": {
-            "description": description,
-            "headers": REQUEST_ID
-            | (
-                {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
-                if status == 503
-                else {}
-            ),
-            "content": {"application/json": {"schema": ref("InferenceError")}},
-        }
-        for status, (name, description) in ERRORS.items()
-        if status in statuses
-    }
+    return components.error_responses("InferenceError", PREFIX, statuses)
