@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from serving.reports import rollups
 from serving.store import partitions, predictions
 from serving.store.database import close_all, db, is_sqlite
 from serving.store.tables import Prediction, PredictionKey, utcnow
@@ -114,12 +116,43 @@ def test_export_then_drop_round_trip(app, tmp_path):
         assert replay[1].id in after
 
     files = sorted(folder.iterdir())
+    if is_sqlite():
+        # A day at a time: writers never wait for more than one day's export.
+        assert len(files) == len({moment.date() for moment in old.values()})
     again = prune(app, folder)
     assert again.exit_code == 0, again.output
     assert "no prediction older than" in again.output
     assert sorted(folder.iterdir()) == files
     with app.app_context():
         assert len(every_row()) == len(after) + 1
+
+
+def test_a_prune_folds_first_and_cuts_on_a_whole_hour(app, tmp_path):
+    # The cutoff goes down to its hour: the boundary hour stays whole (a row in it older
+    # than the retention included), so its rollup still counts every row it holds; and the
+    # hours pruned were rolled up first, though nothing folded before the command ran.
+    due = utcnow() - dt.timedelta(days=DAYS)
+    boundary = due.replace(minute=0, second=0, microsecond=0)
+    if due - boundary < dt.timedelta(seconds=5):
+        time.sleep(5)  # a row a second into the hour must be older than the retention
+    moments = {
+        "before-the-hour": boundary - dt.timedelta(minutes=1),
+        "in-the-hour": boundary + dt.timedelta(seconds=1),
+    }
+    with app.app_context():
+        predictions.save(at(moments))
+    result = prune(app, tmp_path / "exports")
+    assert result.exit_code == 0, result.output
+    assert "rolled up" in result.output
+    with app.app_context():
+        assert {row[3] for row in every_row().values()} == {"in-the-hour"}
+        assert {row[3] for row in in_files(tmp_path / "exports").values()} == {"before-the-hour"}
+        counts = dict(
+            db.execute_sql(
+                "SELECT hour, SUM(predictions) FROM rollup_count GROUP BY hour"
+            ).fetchall()
+        )
+    assert counts == {rollups.hour_of(boundary) - 1: 1, rollups.hour_of(boundary): 1}
 
 
 def test_a_failed_export_drops_nothing(app, tmp_path):
@@ -138,15 +171,15 @@ def test_a_failed_export_drops_nothing(app, tmp_path):
 
 
 def test_a_row_that_cannot_be_exported_keeps_every_row(app, tmp_path):
-    # SQLite keeps what a writer gave it: a malformed time fails the export halfway, and
-    # nothing is dropped, no file left, not even the partial one.
+    # SQLite keeps what a writer gave it: text in a REAL column fails the export halfway
+    # (pyarrow cannot make it a double), and nothing is dropped, no file left, not even the
+    # partial one.
     store_old_and_new(app)
     with app.app_context():
         if not is_sqlite():
-            pytest.skip("PostgreSQL refuses a malformed timestamp when it is written")
+            pytest.skip("PostgreSQL refuses text for a number when it is written")
         db.execute_sql(
-            "UPDATE prediction SET created_at = '2019-13-45 25:61:00' "
-            "WHERE observation_id = 'stray'"
+            "UPDATE prediction SET proba = 'not a probability' WHERE observation_id = 'stray'"
         )
         before = every_row()
     folder = tmp_path / "exports"

@@ -257,6 +257,53 @@ def test_folders_at_once_take_turns_and_agree(app, monkeypatch):
     assert rollups.fold(now).sealed == 0
 
 
+def test_a_periodic_fold_does_not_queue_behind_a_running_one(app, database_url):
+    # The service's folds (wait=False) leave the work to a fold already running instead of
+    # holding a pooled connection on its lock; `flask rollups` (wait=True) takes its turn.
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write transaction is the turn; there is no lock to try")
+    import psycopg2
+
+    now = utcnow()
+    _log(now, hours=5, per_hour=5)
+    other = psycopg2.connect(database_url)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (rollups._LOCK_KEY,))
+            folded = rollups.fold(now, wait=False)
+        assert folded.busy and folded.sealed == 0
+        assert "another fold is running" in folded.describe()
+        assert sql_rows("SELECT COUNT(*) FROM rollup_count", ()) == [(0,)]
+    finally:
+        other.rollback()
+        other.close()
+    folded = rollups.fold(now, wait=False)
+    assert not folded.busy and folded.sealed > 0
+    _agree(app, "tiny")
+
+
+def test_a_log_that_begins_long_ago_is_folded_to_the_same_figures(app, monkeypatch):
+    # One stray row years before the rest: the empty years between are sealed at once,
+    # and the reports still agree with a full scan.
+    monkeypatch.setattr(quality, "EXACT_ROWS", 10)
+    now = utcnow()
+    _log(now, hours=5, per_hour=5)
+    Prediction.create(
+        endpoint="tiny",
+        model_version="1",
+        observation_id="stray",
+        observation="{}",
+        proba=0.75,
+        prediction="1",
+        true_class="0",
+        created_at=dt.datetime(2019, 5, 15, 12, 30),
+    )
+    folded = rollups.fold(now)
+    assert folded.sealed > 24 * 365 * 6
+    _agree(app, "tiny")
+    assert rollups.fold(now).sealed == 0
+
+
 def test_the_command_folds_and_rebuilds(app):
     now = utcnow()
     _log(now, hours=5, per_hour=5)

@@ -12,6 +12,7 @@ from flask import Flask, current_app
 import serving
 from serving.batch.command import score_command
 from serving.commands.model_commands import models_group
+from serving.commands.prune_command import prune_command
 from serving.decisions.clients import keys_command
 from serving.decisions.lifecycle import STATUSES, Lifecycle
 from serving.errors import ServiceError
@@ -19,7 +20,6 @@ from serving.model import digests, folders
 from serving.model.folders import version_order
 from serving.retraining.command import retrain_command
 from serving.store import database, migrations
-from serving.store.retention import prune_command
 
 
 def init_app(app: Flask) -> None:

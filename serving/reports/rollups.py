@@ -50,7 +50,6 @@ from serving.reports import quality
 from serving.store import dialect
 from serving.store.database import db, is_sqlite, run_with_retry, unit_of_work
 from serving.store.predictions import canonical_json
-from serving.store.tables import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +99,18 @@ def _hour_sql() -> str:
 @dataclass(frozen=True)
 class Folded:
     """What one `fold` did: hours sealed, sealed hours rolled up again for new ground truth,
-    and the first hour not sealed yet (None: the log is empty)."""
+    and the first hour not sealed yet (None: the log is empty, or `busy`: another fold was
+    running and this one did not wait for it)."""
 
     sealed: int
     relabelled: int
     sealed_hour: int | None
+    busy: bool = False
 
     def describe(self) -> str:
         """One line for the command and the log."""
+        if self.busy:
+            return "another fold is running: left the rollups to it"
         if self.sealed_hour is None:
             return "nothing to roll up: no prediction is logged yet"
         return (
@@ -127,13 +130,18 @@ def _state() -> tuple[int | None, dt.datetime | None]:
     )
 
 
-def fold(now: dt.datetime | None = None) -> Folded:
+def fold(now: dt.datetime | None = None, *, wait: bool = True) -> Folded:
     """Bring the rollups up to date (see the module docstring): a transaction per
     CHUNK_HOURS hours sealed, until every hour that ended SETTLE_SECONDS before `now`
-    (default: the clock) is."""
+    (default: the database's clock) is. With `wait` False, a fold that finds another one
+    running returns at once (`busy`) instead of queueing behind it: the service's periodic
+    folds, whose work the running one does anyway."""
     sealed = relabelled = 0
     while True:
-        step_sealed, step_relabelled, sealed_hour, done = _fold_step(now)
+        step = _fold_step(now, wait)
+        if step is None:
+            return Folded(sealed, relabelled, None, busy=True)
+        step_sealed, step_relabelled, sealed_hour, done = step
         sealed += step_sealed
         relabelled += step_relabelled
         if done:
@@ -141,18 +149,31 @@ def fold(now: dt.datetime | None = None) -> Folded:
 
 
 @unit_of_work(write=True, long_running=True)
-def _fold_step(now: dt.datetime | None) -> tuple[int, int, int | None, bool]:
-    dialect.take_turns(_LOCK_KEY)
-    # Read after the lock: a fold that waited for another one measures from when it starts.
-    now = now or utcnow()
+def _fold_step(now: dt.datetime | None, wait: bool) -> tuple[int, int, int | None, bool] | None:
+    if wait:
+        dialect.take_turns(_LOCK_KEY)
+    elif not dialect.try_turn(_LOCK_KEY):
+        return None
+    # Read after the lock: a fold that waited for another one measures from when it starts;
+    # and from the database's clock, which stamps `updated_at` (the ground truths looked
+    # for below), whatever this machine's clock says.
+    now = now or dialect.database_now()
     settled = now - dt.timedelta(seconds=SETTLE_SECONDS)
     target = hour_of(settled)
-    sealed, labels_from = _state()
-    if sealed is None:
-        oldest = dialect.one("SELECT MIN(created_at) FROM prediction", ())
-        if oldest is None or oldest[0] is None:
+    begun, labels_from = _state()
+    # The first hour holding a row from where the last fold stopped: the hours before it
+    # hold none (a log that starts with one stray old row, a quiet weekend), so they are
+    # sealed in one indexed read instead of a transaction per empty day.
+    since = _EPOCH if begun is None else hour_start(begun)
+    found = dialect.one(
+        "SELECT MIN(created_at) FROM prediction WHERE created_at >= ?", (_text(since),)
+    )
+    next_row = None if found is None or found[0] is None else hour_of(_moment(found[0]))
+    if begun is None:
+        if next_row is None:
             return 0, 0, None, True  # nothing logged yet: nothing to seal
-        sealed = min(hour_of(_moment(oldest[0])), target)
+        begun = min(next_row, target)
+    sealed = max(begun, min(target if next_row is None else next_row, target))
     relabelled: list[int] = []
     if labels_from is not None:
         relabelled = sorted(
@@ -160,7 +181,7 @@ def _fold_step(now: dt.datetime | None) -> tuple[int, int, int | None, bool]:
             for (hour,) in dialect.rows(
                 f"SELECT DISTINCT {_hour_sql()} FROM prediction "
                 "WHERE updated_at >= ? AND created_at < ?",
-                (_text(labels_from), _text(hour_start(sealed))),
+                (_text(labels_from), _text(hour_start(begun))),
             )
         )
     end = max(sealed, min(target, sealed + CHUNK_HOURS))
@@ -169,7 +190,7 @@ def _fold_step(now: dt.datetime | None) -> tuple[int, int, int | None, bool]:
             _roll(first, last)
     # Whole days are summed again from their hours once every hour of them is sealed: the
     # days this step completed, and complete days with a relabelled hour.
-    days = set(range(sealed // DAY_HOURS, end // DAY_HOURS))
+    days = set(range(begun // DAY_HOURS, end // DAY_HOURS))
     days |= {hour // DAY_HOURS for hour in relabelled if hour // DAY_HOURS < end // DAY_HOURS}
     for first, last in _runs(sorted(days)):
         _roll_days(first, last)
@@ -190,7 +211,7 @@ def _fold_step(now: dt.datetime | None) -> tuple[int, int, int | None, bool]:
             ),
             values,
         )
-    return end - sealed, len(relabelled), end, end >= target
+    return end - begun, len(relabelled), end, end >= target
 
 
 def _runs(hours: Sequence[int]) -> list[tuple[int, int]]:
@@ -516,7 +537,7 @@ class Folder:
         while True:
             time.sleep(self._seconds)
             try:
-                folded = fold()
+                folded = fold(wait=False)
             except Exception:  # a database away now is there next time; never end the thread
                 logger.warning("rollup fold failed", exc_info=True)
                 continue

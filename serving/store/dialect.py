@@ -6,6 +6,7 @@ they are frozen as they ran.)
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +72,24 @@ def take_turns(key: int) -> None:
     lock)."""
     if not is_sqlite():
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+
+def try_turn(key: int) -> bool:
+    """Inside a write transaction: take `key` as `take_turns` does if nobody holds it, and
+    say whether it was taken (False: another transaction holds it; do not wait). On SQLite
+    the write transaction already is the turn."""
+    if is_sqlite():
+        return True
+    (taken,) = db.execute_sql("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+    return bool(taken)
+
+
+def database_now() -> dt.datetime:
+    """The database's clock, naive UTC: the clock `now_after_row_lock` stamps rows with."""
+    if is_sqlite():
+        return utcnow()
+    (moment,) = db.execute_sql("SELECT clock_timestamp() AT TIME ZONE 'UTC'").fetchone()
+    return moment
 
 
 def has_copy() -> bool:

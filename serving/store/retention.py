@@ -1,10 +1,15 @@
 """Retention: predictions older than PREDICTION_RETENTION_DAYS exported to Parquet, then dropped.
 
+The cutoff is on an hour's boundary and never later than the hours the rollups have sealed
+(`serving.commands.prune_command` folds them first): every pruned hour is pruned whole and
+is in the rollups, so a late label on a row kept re-rolls an hour that lost nothing.
+
 What goes, each in a transaction of its own, oldest first:
 - PostgreSQL: every month partition whose whole month is older than the cutoff (a partition
   is dropped whole, never thinned, so rows stay between N and N + 31 days), and the rows of
   the default partition older than the cutoff;
-- SQLite: the rows of `prediction` older than the cutoff.
+- SQLite: the rows of `prediction` older than the cutoff, a UTC day at a time, so writers
+  wait for one day's export at most, not the whole backlog's.
 
 Each set is locked against writes (PostgreSQL: SHARE on its table; SQLite: the write
 transaction), counted, written to `<dir>/<name>.parquet` (via a `.partial` file, fsynced, then
@@ -26,15 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
-import peewee
-from flask import current_app
-from flask.cli import with_appcontext
-
-from serving.store import database, migrations, partitions
+from serving.store import migrations, partitions
 from serving.store.database import db, is_sqlite, write_transaction
 from serving.store.dialect import sql
-from serving.store.tables import utcnow
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -101,18 +100,37 @@ class Pruned:
 
 
 def cutoff(now: dt.datetime, days: int) -> dt.datetime:
-    """Rows created before this instant are due (whole seconds, UTC)."""
-    return (now - dt.timedelta(days=days)).replace(microsecond=0)
+    """Rows created before this instant are due: `days` before `now`, down to its hour
+    (naive UTC), the unit the rollups seal."""
+    return (now - dt.timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
 
 
 def due(before: dt.datetime) -> list[Old]:
     """The sets of rows older than `before`, oldest first."""
-    stamp = before.strftime("%Y%m%dT%H%M%S")
-    text = before.isoformat(sep=" ")
     if is_sqlite():
-        return [Old(f"prediction_before_{stamp}", "prediction", text)]
+        # The stored text begins with the day; each set ends at the next day or the cutoff.
+        days = db.execute_sql(
+            "SELECT DISTINCT substr(created_at, 1, 10) FROM prediction WHERE created_at < ? "
+            "ORDER BY 1",
+            (_text(before),),
+        ).fetchall()
+        next_days = (dt.datetime.fromisoformat(day) + dt.timedelta(days=1) for (day,) in days)
+        ends = [min(next_day, before) for next_day in next_days]
+        return [Old(f"prediction_before_{_stamp(end)}", "prediction", _text(end)) for end in ends]
     whole = [Old(p.name, p.name, None) for p in partitions.partitions(db.obj) if p.end <= before]
-    return [*whole, Old(f"{partitions.DEFAULT}_before_{stamp}", partitions.DEFAULT, text)]
+    return [
+        *whole,
+        Old(f"{partitions.DEFAULT}_before_{_stamp(before)}", partitions.DEFAULT, _text(before)),
+    ]
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%S")
+
+
+def _text(moment: dt.datetime) -> str:
+    # Timestamps compare as the text they are stored as (SQLite), which PostgreSQL parses.
+    return moment.isoformat(sep=" ")
 
 
 def retire(old: Old, folder: Path) -> Pruned:
@@ -243,14 +261,13 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def prune(folder: Path, days: int, say: Callable[[str], None]) -> list[Pruned]:
+def prune(folder: Path, before: dt.datetime, say: Callable[[str], None]) -> list[Pruned]:
     """Make the partitions due ahead, then export and drop every set of rows older than
-    `days`, oldest first; stop at the first failure (what went before stays done)."""
+    `before`, oldest first; stop at the first failure (what went before stays done)."""
     folder.mkdir(parents=True, exist_ok=True)
     made = migrations.ensure_partitions()
     if made:
         say(f"made partitions {', '.join(made)}")
-    before = cutoff(utcnow(), days)
     done = []
     db.connect(reuse_if_open=True)
     for old in due(before):
@@ -263,38 +280,3 @@ def prune(folder: Path, days: int, say: Callable[[str], None]) -> list[Pruned]:
     if not any(p.rows for p in done):
         say(f"no prediction older than {before:%Y-%m-%d %H:%M:%S} UTC to prune")
     return done
-
-
-@click.command("prune-predictions")
-@click.option(
-    "--to",
-    "folder",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="the folder the Parquet files are written to (made if missing)",
-)
-@with_appcontext
-def prune_command(folder: Path) -> None:
-    """Export predictions older than PREDICTION_RETENTION_DAYS to Parquet files, check each
-    file, and only then drop the rows it holds; also make the partitions due ahead."""
-    settings = current_app.config["SETTINGS"]
-    days = settings.prediction_retention_days
-    if not days:
-        raise click.ClickException(
-            "PREDICTION_RETENTION_DAYS is not set: predictions are kept forever. Set it to "
-            "the days a prediction is kept, then run this again."
-        )
-    try:
-        if settings.migrate_on_start:
-            migrations.migrate()
-        version = migrations.current_version()
-        if version < LAYOUT_VERSION:
-            raise click.ClickException(
-                f"The schema is at version {version}; run flask migrate first."
-            )
-        prune(folder, days, click.echo)
-    # pyarrow's errors are ValueError (bad values) or OSError (files).
-    except (ExportFailed, OSError, ValueError, peewee.DatabaseError) as exc:
-        raise click.ClickException(f"nothing more was dropped: {exc}") from exc
-    finally:
-        database.close_all()
