@@ -1,5 +1,6 @@
 """Writing a model folder: pipeline, dtypes, columns and model.json, every file pinned."""
 
+import functools
 import hashlib
 import json
 import pickle
@@ -28,7 +29,9 @@ __all__ = [
     "MODEL_FILE",
     "PIPELINE_FILE",
     "SKOPS_FILE",
+    "NotPortable",
     "library_versions",
+    "portable_dtypes",
     "sha256_file",
     "write_json",
     "write_model",
@@ -69,23 +72,112 @@ def write_json(path: Path, content: object) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
+class NotPortable(ValueError):
+    """A column's dtype has no equivalent among pandas' own dtypes, so a model folder with it
+    would load only where pyarrow is installed, or be refused by the service's unpickler."""
+
+    def __init__(self, column: Any, dtype: Any, category: bool = False):
+        self.column = column
+        what = "categories of dtype" if category else "dtype"
+        super().__init__(
+            f"column {column!r} has {what} {dtype}, which has no equivalent among pandas' own "
+            "dtypes (only Arrow integers, float32, float64, booleans and text have one): "
+            "convert the column before training, e.g. with astype"
+        )
+
+
+# pandas' nullable dtypes: rebuilt from their class alone.
+_MASKED = (
+    pd.BooleanDtype,
+    pd.Int8Dtype,
+    pd.Int16Dtype,
+    pd.Int32Dtype,
+    pd.Int64Dtype,
+    pd.UInt8Dtype,
+    pd.UInt16Dtype,
+    pd.UInt32Dtype,
+    pd.UInt64Dtype,
+    pd.Float32Dtype,
+    pd.Float64Dtype,
+)
+
+
+@functools.cache
+def _arrow_equivalents() -> dict[Any, Any]:
+    """Each Arrow type that has one -> pandas' own (nullable) dtype that means the same."""
+    import pyarrow as pa
+
+    text = pd.StringDtype("python", na_value=pd.NA)
+    return {
+        pa.bool_(): pd.BooleanDtype(),
+        pa.int8(): pd.Int8Dtype(),
+        pa.int16(): pd.Int16Dtype(),
+        pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(),
+        pa.uint8(): pd.UInt8Dtype(),
+        pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(),
+        pa.uint64(): pd.UInt64Dtype(),
+        pa.float32(): pd.Float32Dtype(),
+        pa.float64(): pd.Float64Dtype(),
+        pa.string(): text,
+        pa.large_string(): text,
+        pa.string_view(): text,
+    }
+
+
+def _portable(column: Any, dtype: Any, category: bool = False) -> Any:
+    """One dtype as pandas' own, a new instance for every pandas dtype: an instance pickles
+    with what it cached (`numpy_dtype` once a column was cast to it, say) and with every
+    other place it is shared, which would make the bytes depend on the frame's history."""
+    if isinstance(dtype, pd.ArrowDtype):
+        equivalent = _arrow_equivalents().get(dtype.pyarrow_dtype)
+        if equivalent is None:
+            raise NotPortable(column, dtype, category)
+        dtype = equivalent
+    if isinstance(dtype, pd.StringDtype):
+        return pd.StringDtype("python", na_value=dtype.na_value)
+    if isinstance(dtype, _MASKED):
+        # Categories never hold a missing value, so numpy's dtype carries them exactly.
+        return dtype.numpy_dtype if category else type(dtype)()
+    if isinstance(dtype, pd.CategoricalDtype) and dtype.categories is not None:
+        categories = dtype.categories
+        if isinstance(categories.dtype, (pd.StringDtype, pd.ArrowDtype, *_MASKED)):
+            categories = pd.Index(
+                categories.to_numpy(dtype=object),
+                dtype=_portable(column, categories.dtype, category=True),
+            )
+        return pd.CategoricalDtype(categories, ordered=dtype.ordered)
+    return dtype
+
+
 def portable_dtypes(dtypes: pd.Series) -> pd.Series:
-    """`dtypes` with every text kept in pandas' own (Python) storage, as pandas 3 keeps it
-    where pyarrow is not installed: a model trained where pyarrow is (it reads Parquet)
-    writes the same dtypes.pickle, byte for byte, as one trained where it is not, and older
-    deployments without pyarrow still load it. Storage never changes what the service checks
-    (a text is a text)."""
+    """`dtypes` in pandas' own dtypes and storage only, as pandas 3 has them where pyarrow is
+    not installed: a model trained where pyarrow is (it reads Parquet) writes the same
+    dtypes.pickle, byte for byte, as one trained where it is not, and deployments without
+    pyarrow still load it. Nothing the service checks changes meaning:
 
-    def python(dtype: Any) -> Any:
-        if isinstance(dtype, pd.StringDtype) and dtype.storage != "python":
-            return pd.StringDtype("python", na_value=dtype.na_value)
-        return dtype
-
-    portable = pd.Series([python(d) for d in dtypes], index=dtypes.index, dtype=object)
+    - text (column names, string columns, a categorical's categories) moves to Python
+      storage, keeping its missing-value marker; a categorical keeps its categories, their
+      order and its `ordered` flag;
+    - an Arrow column (`pd.ArrowDtype`) becomes pandas' nullable dtype for it: int64[pyarrow]
+      -> Int64, float64[pyarrow] -> Float64, bool[pyarrow] -> boolean, string[pyarrow] ->
+      string (Python storage, missing values as pd.NA). Nullable, not numpy's int64 or
+      float64: an Arrow column holds missing values as NA, so the service keeps accepting
+      null for an integer there. Numeric categories (Arrow or nullable), which never hold a
+      missing value, take numpy's dtype instead;
+    - any other Arrow type (timestamps, decimals, lists, dictionaries, float16, ...) raises
+      NotPortable naming the column: none of pandas' own dtypes means the same.
+    """
+    portable = pd.Series(
+        [_portable(name, d) for name, d in dtypes.items()], index=dtypes.index, dtype=object
+    )
     portable.name = dtypes.name
     index = dtypes.index
     if isinstance(index.dtype, pd.StringDtype):
-        portable.index = index.astype(python(index.dtype))
+        portable.index = pd.Index(
+            index.to_numpy(dtype=object), dtype=_portable(None, index.dtype), name=index.name
+        )
     return portable
 
 

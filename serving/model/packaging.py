@@ -116,8 +116,9 @@ def package(
         arguments), which are refused.
 
     Raises PackagingError, naming the problem, before anything is written when the pipeline
-    is not fitted or cannot predict on a sample of X_train, the columns disagree, or the
-    folder exists; and without leaving anything behind when the written folder fails to load.
+    is not fitted or cannot predict on a sample of X_train, the columns disagree, a column's
+    dtype has no portable equivalent (artifacts.portable_dtypes), or the folder exists; and
+    without leaving anything behind when the written folder fails to load.
     """
     _check_choice("format", format, FORMATS)
     _check_choice("out_of_range", out_of_range, OUT_OF_RANGE)
@@ -135,6 +136,10 @@ def package(
             "or are arguments of package()"
         )
     columns = _checked_frame("X_train", X_train)
+    try:
+        artifacts.portable_dtypes(X_train.dtypes)
+    except artifacts.NotPortable as exc:
+        raise PackagingError(f"X_train's {exc}") from exc
     _check_fitted(pipeline, columns)
     sample = X_train.sample(n=min(SAMPLE_ROWS, len(X_train)), random_state=0)
     expected = _outputs(pipeline, sample, "X_train")
