@@ -395,6 +395,35 @@ def test_csv_partitions_end_on_record_boundaries_even_inside_quotes(tmp_path):
     ]
 
 
+def test_a_stray_quote_is_refused_as_flask_score_refuses_it(app, cluster, database_url, tmp_path):
+    """A quote left open at line 3 and closed by another stray one past MAX_RECORD_BYTES
+    would make one record, and one partition, of everything between: a worker would read it
+    whole. Refused instead, with `flask score`'s sentence, before any partition is sent."""
+    from serving.batch.files import MAX_RECORD_BYTES
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 1, "q")
+    head, row = source.read_bytes().splitlines(keepends=True)
+    rest = row.split(b",", 1)[1]
+    tail = [b"q%d,%s" % (i, rest) for i in range(2, MAX_RECORD_BYTES // len(rest) + 100)]
+    source.write_bytes(
+        b"".join([head, row, b'q1,"' + rest, *tail, b'q-end,"' + rest, b"q-last," + rest])
+    )
+    assert source.stat().st_size > MAX_RECORD_BYTES
+
+    process = score(cluster, database_url, source, output, "--chunk-rows", "100")
+    _, err = process.communicate(timeout=STARTUP_SECONDS * 2)
+    sentence = "The CSV record at line 3 never closes its quote"
+    assert process.returncode == 1 and sentence in err, err
+    assert not output.exists() and not Checkpoint.path_for(output).exists()
+    assert stored_ids(app, "q") == []
+    local = app.test_cli_runner().invoke(
+        args=["score", str(source), str(tmp_path / "local.csv"), "--quiet"]
+    )
+    assert local.exit_code == 1
+    assert local.output.splitlines()[-1] in err.splitlines()
+
+
 def test_the_dask_engine_needs_a_scheduler_and_the_local_one_a_csv(runner, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
