@@ -8,6 +8,7 @@ start, as a deployment's would); each test uses ids of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batch.cluster import PartitionRefused, score_with_dask
+from serving.batch.cluster import ClusterError, PartitionRefused, score_with_dask
 from serving.batch.files import Checkpoint
 from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app, postgres_url, reset_postgres, using_postgres
@@ -55,7 +56,7 @@ def _free_port() -> int:
 class Cluster:
     """A scheduler and its workers, each a process this test module started."""
 
-    def __init__(self, database_url: str, folder: Path):
+    def __init__(self, database_url: str, folder: Path, **settings: str):
         self.folder = folder
         self.address = f"tcp://127.0.0.1:{_free_port()}"
         self.env = clean_environ(
@@ -66,6 +67,7 @@ class Cluster:
                 "LOG_LEVEL": "WARNING",
                 # The workers import `serving` from this checkout, as the image's would.
                 "PYTHONPATH": str(REPO_ROOT),
+                **settings,
             }
         )
         self.processes: dict[str, subprocess.Popen] = {}
@@ -142,6 +144,20 @@ def cluster(database_url, tmp_path_factory) -> Iterator[Cluster]:
         for name in ("w1", "w2", "doomed"):
             running.start_worker(name)
         running.wait_for_workers(3)
+        yield running
+    finally:
+        running.stop()
+
+
+@contextlib.contextmanager
+def lone_worker(database_url: str, folder: Path, **settings: str) -> Iterator[Cluster]:
+    """A scheduler of its own with one worker whose environment differs from the module's
+    cluster by `settings`."""
+    running = Cluster(database_url, folder, **settings)
+    try:
+        running.start_scheduler()
+        running.start_worker("odd")
+        running.wait_for_workers(1)
         yield running
     finally:
         running.stop()
@@ -269,6 +285,29 @@ def test_a_worker_that_stores_elsewhere_refuses_and_nothing_is_written(dask_clie
     elsewhere = make_app(f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "none")
     with pytest.raises(PartitionRefused, match="give the workers the same DATABASE_URL"):
         score_with_dask(elsewhere, source, output, dask_client, progress=False)
+    assert not output.exists()
+
+
+def test_a_worker_whose_database_is_down_fails_the_run_resumably(tmp_path):
+    """Not a refusal (the file is fine): a failure that says the database could not be
+    reached and that running again resumes. Client and worker name the same database, on a
+    port nothing listens on; MIGRATE_ON_START is off, so both start without it, as a worker
+    started before its database went down would be."""
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 50, "d")
+    down = f"postgresql://postgres@127.0.0.1:{_free_port()}/serving_down"
+    with lone_worker(down, tmp_path, MIGRATE_ON_START="0") as lone:
+        process = score(lone, down, source, output)
+        _, err = process.communicate(timeout=STARTUP_SECONDS * 2)
+        # The Python API raises the cluster's failure, not a refusal.
+        client_app = make_app(down, tmp_path / "none", migrate_on_start=False)
+        with pytest.raises(ClusterError, match="the database could not be reached from worker"):
+            score_with_dask(client_app, source, tmp_path / "api.csv", lone.address, progress=False)
+    assert process.returncode == 1, err
+    error = err.strip().splitlines()[-1]
+    assert "partition 1 failed: the database could not be reached from worker tcp://" in error
+    assert "Connection refused" in error
+    assert error.endswith("run the same command again to resume where it stopped")
     assert not output.exists()
 
 

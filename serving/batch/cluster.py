@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from serving.batch import ID_COLUMN, partitions, render
 from serving.batch.files import Checkpoint, Refused, Summary, open_output, resumable
 from serving.batch.progress import Progress
-from serving.errors import ServiceError
+from serving.errors import ServiceError, Unavailable
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -78,6 +78,9 @@ class Outcome:
     text: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # Why the worker could not finish it for a passing cause (its database did not answer):
+    # the run stops as a failure, not a refusal, and running it again resumes.
+    failure: str | None = None
 
 
 _LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
@@ -146,6 +149,23 @@ def _refusal(app: Flask, job: Job) -> str | None:
     return None
 
 
+def _database_failure(exc: Exception) -> str:
+    """A sentence for a database that did not serve this worker, naming the worker."""
+    from distributed import get_worker
+
+    from serving.store.database import CONNECTION_ERRORS
+
+    try:
+        worker = f"worker {get_worker().address}"
+    except ValueError:  # called outside a Dask worker
+        worker = "this worker"
+    cause = exc.__cause__ if isinstance(exc, ServiceError) else exc
+    if isinstance(cause, CONNECTION_ERRORS):
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        return f"the database could not be reached from {worker} ({reason})"
+    return f"the database did not finish the work of {worker}: {exc}"
+
+
 def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
     """Read, score and store one partition on this worker; its answers as CSV lines.
 
@@ -162,6 +182,8 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
         app = _worker_app()
     except ModelLoadError as exc:
         return Outcome(partition.index, error=f"the worker cannot load the models: {exc}")
+    except (Unavailable, *database.CONNECTION_ERRORS) as exc:  # migrating at start
+        return Outcome(partition.index, failure=_database_failure(exc))
     with app.app_context():
         try:
             refusal = _refusal(app, job)
@@ -178,6 +200,8 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
                 plane=plane,
             )
             results = prepared.commit()
+        except Unavailable as exc:
+            return Outcome(partition.index, failure=_database_failure(exc))
         except ServiceError as exc:
             return Outcome(partition.index, error=render.sentence(exc))
         finally:
@@ -319,6 +343,8 @@ def _run(
             except Exception as exc:  # whatever the cluster raised: the run stops, resumable
                 raise ClusterError(f"partition {index + 1} failed on the cluster: {exc}") from exc
             del flying[index]
+            if outcome.failure is not None:
+                raise ClusterError(f"partition {index + 1} failed: {outcome.failure}")
             if outcome.error is not None:
                 raise PartitionRefused(f"partition {index + 1}: {outcome.error}")
             arrived[index] = outcome
