@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -309,6 +310,47 @@ def test_a_worker_whose_database_is_down_fails_the_run_resumably(tmp_path):
     assert "Connection refused" in error
     assert error.endswith("run the same command again to resume where it stopped")
     assert not output.exists()
+
+
+def test_a_worker_with_other_versions_refuses(app, tmp_path):
+    """A worker whose models folder has a version the client's lacks is refused, even for a
+    run that names a version both have: its routing would answer from another set."""
+    from distributed import Client
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 50, "v")
+    metadata = json.loads((REPO_ROOT / "model.json").read_text())
+
+    def version(models: Path, name: str, **more: str) -> None:
+        folder = models / "default" / name
+        folder.mkdir(parents=True)
+        for file in ("pipeline.pickle", "dtypes.pickle", "columns.json"):
+            shutil.copy(REPO_ROOT / file, folder / file)
+        (folder / "model.json").write_text(json.dumps({**metadata, "version": name, **more}))
+
+    version(tmp_path / "worker", "2")
+    # The client's own version 2 differs by its model.json; its version 3 is the client's alone.
+    version(tmp_path / "client", "2", note="retrained")
+    version(tmp_path / "client", "3")
+    url = app.config["SETTINGS"].database_url
+    with (
+        lone_worker(url, tmp_path, MODELS_DIR=str(tmp_path / "worker")) as lone,
+        Client(lone.address, timeout=STARTUP_SECONDS, set_as_default=False) as client,
+    ):
+        with pytest.raises(PartitionRefused) as refused:
+            score_with_dask(app, source, output, client, version="1", progress=False)
+        assert "this worker's versions of 'default' are not the client's: version 2 only on " in (
+            str(refused.value)
+        )
+        other = make_app(url, tmp_path / "client")
+        with pytest.raises(PartitionRefused) as refused:
+            score_with_dask(other, source, output, client, progress=False)
+        assert (
+            "are not the client's: version 3 only on the client; version 2 with other model "
+            "files (by sha256); give the workers the same models folder"
+        ) in str(refused.value)
+    assert not output.exists()
+    assert stored_ids(app, "v") == []
 
 
 def test_a_file_the_model_cannot_read_stops_before_the_output_is_written(

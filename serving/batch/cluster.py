@@ -16,8 +16,9 @@ stored again, which replays it: the output is complete and every id is stored on
 
 The workers are deployments of the same image as the service: their environment names the
 database (DATABASE_URL) and the models (ROOT_MODEL_DIR, MODELS_DIR, MODEL_DIGESTS), and the
-input path must be one they can open. A worker whose models differ from the client's (by the
-sha256 of every model file) or that stores into another database refuses its partitions.
+input path must be one they can open. A worker whose versions of the endpoint are not the
+client's (one more or fewer, or other model files by their sha256) or that stores into
+another database refuses its partitions.
 """
 
 from __future__ import annotations
@@ -137,15 +138,22 @@ def _refusal(app: Flask, job: Job) -> str | None:
                 f"this worker stores into {mine}, the client into {job.database}; "
                 "give the workers the same DATABASE_URL as the client"
             )
+    # Every version, not only those the job names: routing by status or A/B arm on a worker
+    # with a version the client lacks would answer with a version the client never checked.
     versions = app.extensions["registry"].endpoint(job.endpoint)
-    wanted = [job.version] if job.version else sorted(job.digests)
-    for version in wanted:
-        mine_digests = versions[version].digests if version in versions else None
-        if mine_digests != job.digests.get(version):
-            return (
-                f"this worker's version {version} of {job.endpoint!r} is not the client's "
-                "(other model files, by sha256); give the workers the same models folder"
-            )
+    loaded = {version: dict(model.digests) for version, model in versions.items()}
+    differences = [f"{v} only on this worker" for v in sorted(loaded.keys() - job.digests.keys())]
+    differences += [f"{v} only on the client" for v in sorted(job.digests.keys() - loaded.keys())]
+    differences += [
+        f"{v} with other model files (by sha256)"
+        for v in sorted(loaded.keys() & job.digests.keys())
+        if loaded[v] != job.digests[v]
+    ]
+    if differences:
+        return (
+            f"this worker's versions of {job.endpoint!r} are not the client's: version "
+            f"{'; version '.join(differences)}; give the workers the same models folder"
+        )
     return None
 
 
