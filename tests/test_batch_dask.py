@@ -173,9 +173,12 @@ def dask_client(cluster):
         yield client
 
 
-def score(cluster: Cluster, database_url: str, source: Path, output: Path, *extra: str):
-    """`flask score --engine dask` as a user runs it, in a process of its own."""
-    env = {**cluster.env, "DATABASE_URL": database_url}
+def score(
+    cluster: Cluster, database_url: str, source: Path, output: Path, *extra: str, **settings: str
+):
+    """`flask score --engine dask` as a user runs it, in a process of its own (`settings`:
+    environment variables of its own)."""
+    env = {**cluster.env, "DATABASE_URL": database_url, **settings}
     del env["PYTHONPATH"]  # the client runs from the checkout, like the tests
     argv = [sys.executable, "-m", "flask", "--app", "app", "score", str(source), str(output)]
     argv += ["--engine", "dask", "--scheduler", cluster.address, "--quiet", *extra]
@@ -289,16 +292,18 @@ def test_a_worker_that_stores_elsewhere_refuses_and_nothing_is_written(dask_clie
     assert not output.exists()
 
 
-def test_a_worker_whose_database_is_down_fails_the_run_resumably(tmp_path):
+@pytest.mark.parametrize("migrates", ["0", "1"])
+def test_a_worker_whose_database_is_down_fails_the_run_resumably(tmp_path, migrates):
     """Not a refusal (the file is fine): a failure that says the database could not be
     reached and that running again resumes. Client and worker name the same database, on a
-    port nothing listens on; MIGRATE_ON_START is off, so both start without it, as a worker
-    started before its database went down would be."""
+    port nothing listens on. The client starts without migrating; the worker fails where it
+    stores (MIGRATE_ON_START=0: as one started before its database went down) or while it
+    builds its app (=1: its migrations)."""
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
     passengers(source, 50, "d")
     down = f"postgresql://postgres@127.0.0.1:{_free_port()}/serving_down"
-    with lone_worker(down, tmp_path, MIGRATE_ON_START="0") as lone:
-        process = score(lone, down, source, output)
+    with lone_worker(down, tmp_path, MIGRATE_ON_START=migrates) as lone:
+        process = score(lone, down, source, output, MIGRATE_ON_START="0")
         _, err = process.communicate(timeout=STARTUP_SECONDS * 2)
         # The Python API raises the cluster's failure, not a refusal.
         client_app = make_app(down, tmp_path / "none", migrate_on_start=False)
