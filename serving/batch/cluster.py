@@ -161,17 +161,11 @@ def _database_failure(exc: Exception) -> str:
     """A sentence for a database that did not serve this worker, naming the worker."""
     from distributed import get_worker
 
-    from serving.store.database import CONNECTION_ERRORS
-
     try:
         worker = f"worker {get_worker().address}"
     except ValueError:  # called outside a Dask worker
         worker = "this worker"
-    cause = exc.__cause__ if isinstance(exc, ServiceError) else exc
-    if isinstance(cause, CONNECTION_ERRORS):
-        reason = " ".join(str(cause).split()) or type(cause).__name__
-        return f"the database could not be reached from {worker} ({reason})"
-    return f"the database did not finish the work of {worker}: {exc}"
+    return render.database_failure(exc, worker)
 
 
 def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
