@@ -140,13 +140,16 @@ def _refusal(app: Flask, job: Job) -> str | None:
             )
     # Every version, not only those the job names: routing by status or A/B arm on a worker
     # with a version the client lacks would answer with a version the client never checked.
+    from serving.model.folders import version_order
+
     versions = app.extensions["registry"].endpoint(job.endpoint)
     loaded = {version: dict(model.digests) for version, model in versions.items()}
-    differences = [f"{v} only on this worker" for v in sorted(loaded.keys() - job.digests.keys())]
-    differences += [f"{v} only on the client" for v in sorted(job.digests.keys() - loaded.keys())]
+    here, there = loaded.keys(), job.digests.keys()
+    differences = [f"{v} only on this worker" for v in sorted(here - there, key=version_order)]
+    differences += [f"{v} only on the client" for v in sorted(there - here, key=version_order)]
     differences += [
         f"{v} with other model files (by sha256)"
-        for v in sorted(loaded.keys() & job.digests.keys())
+        for v in sorted(here & there, key=version_order)
         if loaded[v] != job.digests[v]
     ]
     if differences:
