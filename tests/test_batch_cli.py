@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -160,13 +161,16 @@ def test_another_id_column_and_an_unknown_endpoint(app, runner, tmp_path):
     assert other.exit_code != 0 and "no endpoint named 'nope'" in other.output
 
 
-def _score(database_url: str, source: Path, output: Path, *extra: str) -> subprocess.Popen:
+def _score(
+    database_url: str, source: Path, output: Path, *extra: str, **settings: str
+) -> subprocess.Popen:
     env = {
         **clean_environ(),
         "DATABASE_URL": database_url,
         "ROOT_MODEL_DIR": str(REPO_ROOT),
         "MODELS_DIR": str(output.parent / "no-models"),
         "LOG_LEVEL": "WARNING",
+        **settings,
     }
     argv = [sys.executable, "-m", "flask", "--app", "app", "score", str(source), str(output)]
     return subprocess.Popen(
@@ -184,6 +188,36 @@ def _rows_done(output: Path) -> int:
         return json.loads(Checkpoint.path_for(output).read_text())["rows"]
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("migrate", "engine"),
+    [("1", "local"), ("0", "local"), ("1", "dask")],
+)
+def test_a_database_that_is_down_is_a_failure_to_run_again(tmp_path, migrate, engine):
+    """Not a traceback (its migrations, MIGRATE_ON_START=1, on either engine's command) nor a
+    request's 'retry with the same id' (where a chunk is stored, =0): a sentence saying the
+    database could not be reached and that running again resumes. (The Dask engine's
+    workers: tests/test_batch_dask.py.)"""
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 20)
+    down = f"postgresql://postgres@127.0.0.1:{_closed_port()}/serving_down"
+    # The command stops before it asks for a scheduler: none is needed.
+    cluster = ["--engine", "dask", "--scheduler", "tcp://127.0.0.1:1"] if engine == "dask" else []
+    process = _score(down, source, output, "--quiet", *cluster, MIGRATE_ON_START=migrate)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "Traceback" not in err
+    error = err.strip().splitlines()[-1]
+    assert error.startswith("Error: the database could not be reached (connection to server at")
+    assert error.endswith("; run the same command again to resume where it stopped")
+    assert not output.exists()
 
 
 @pytest.mark.slow

@@ -8,7 +8,9 @@ start, as a deployment's would); each test uses ids of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batch.cluster import PartitionRefused, score_with_dask
+from serving.batch.cluster import ClusterError, PartitionRefused, score_with_dask
 from serving.batch.files import Checkpoint
 from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app, postgres_url, reset_postgres, using_postgres
@@ -55,7 +57,7 @@ def _free_port() -> int:
 class Cluster:
     """A scheduler and its workers, each a process this test module started."""
 
-    def __init__(self, database_url: str, folder: Path):
+    def __init__(self, database_url: str, folder: Path, **settings: str):
         self.folder = folder
         self.address = f"tcp://127.0.0.1:{_free_port()}"
         self.env = clean_environ(
@@ -66,6 +68,7 @@ class Cluster:
                 "LOG_LEVEL": "WARNING",
                 # The workers import `serving` from this checkout, as the image's would.
                 "PYTHONPATH": str(REPO_ROOT),
+                **settings,
             }
         )
         self.processes: dict[str, subprocess.Popen] = {}
@@ -147,6 +150,20 @@ def cluster(database_url, tmp_path_factory) -> Iterator[Cluster]:
         running.stop()
 
 
+@contextlib.contextmanager
+def lone_worker(database_url: str, folder: Path, **settings: str) -> Iterator[Cluster]:
+    """A scheduler of its own with one worker whose environment differs from the module's
+    cluster by `settings`."""
+    running = Cluster(database_url, folder, **settings)
+    try:
+        running.start_scheduler()
+        running.start_worker("odd")
+        running.wait_for_workers(1)
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture(scope="module")
 def dask_client(cluster):
     """A client of the cluster in this process, for the Python API."""
@@ -156,9 +173,12 @@ def dask_client(cluster):
         yield client
 
 
-def score(cluster: Cluster, database_url: str, source: Path, output: Path, *extra: str):
-    """`flask score --engine dask` as a user runs it, in a process of its own."""
-    env = {**cluster.env, "DATABASE_URL": database_url}
+def score(
+    cluster: Cluster, database_url: str, source: Path, output: Path, *extra: str, **settings: str
+):
+    """`flask score --engine dask` as a user runs it, in a process of its own (`settings`:
+    environment variables of its own)."""
+    env = {**cluster.env, "DATABASE_URL": database_url, **settings}
     del env["PYTHONPATH"]  # the client runs from the checkout, like the tests
     argv = [sys.executable, "-m", "flask", "--app", "app", "score", str(source), str(output)]
     argv += ["--engine", "dask", "--scheduler", cluster.address, "--quiet", *extra]
@@ -270,6 +290,72 @@ def test_a_worker_that_stores_elsewhere_refuses_and_nothing_is_written(dask_clie
     with pytest.raises(PartitionRefused, match="give the workers the same DATABASE_URL"):
         score_with_dask(elsewhere, source, output, dask_client, progress=False)
     assert not output.exists()
+
+
+@pytest.mark.parametrize("migrates", ["0", "1"])
+def test_a_worker_whose_database_is_down_fails_the_run_resumably(tmp_path, migrates):
+    """Not a refusal (the file is fine): a failure that says the database could not be
+    reached and that running again resumes. Client and worker name the same database, on a
+    port nothing listens on. The client starts without migrating; the worker fails where it
+    stores (MIGRATE_ON_START=0: as one started before its database went down) or while it
+    builds its app (=1: its migrations)."""
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 50, "d")
+    down = f"postgresql://postgres@127.0.0.1:{_free_port()}/serving_down"
+    with lone_worker(down, tmp_path, MIGRATE_ON_START=migrates) as lone:
+        process = score(lone, down, source, output, MIGRATE_ON_START="0")
+        _, err = process.communicate(timeout=STARTUP_SECONDS * 2)
+        # The Python API raises the cluster's failure, not a refusal.
+        client_app = make_app(down, tmp_path / "none", migrate_on_start=False)
+        with pytest.raises(ClusterError, match="the database could not be reached from worker"):
+            score_with_dask(client_app, source, tmp_path / "api.csv", lone.address, progress=False)
+    assert process.returncode == 1, err
+    error = err.strip().splitlines()[-1]
+    assert "partition 1 failed: the database could not be reached from worker tcp://" in error
+    assert "Connection refused" in error
+    assert error.endswith("run the same command again to resume where it stopped")
+    assert not output.exists()
+
+
+def test_a_worker_with_other_versions_refuses(app, tmp_path):
+    """A worker whose models folder has a version the client's lacks is refused, even for a
+    run that names a version both have: its routing would answer from another set."""
+    from distributed import Client
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 50, "v")
+    metadata = json.loads((REPO_ROOT / "model.json").read_text())
+
+    def version(models: Path, name: str, **more: str) -> None:
+        folder = models / "default" / name
+        folder.mkdir(parents=True)
+        for file in ("pipeline.pickle", "dtypes.pickle", "columns.json"):
+            shutil.copy(REPO_ROOT / file, folder / file)
+        (folder / "model.json").write_text(json.dumps({**metadata, "version": name, **more}))
+
+    version(tmp_path / "worker", "2")
+    # The client's own version 2 differs by its model.json; its version 3 is the client's alone.
+    version(tmp_path / "client", "2", note="retrained")
+    version(tmp_path / "client", "3")
+    url = app.config["SETTINGS"].database_url
+    with (
+        lone_worker(url, tmp_path, MODELS_DIR=str(tmp_path / "worker")) as lone,
+        Client(lone.address, timeout=STARTUP_SECONDS, set_as_default=False) as client,
+    ):
+        with pytest.raises(PartitionRefused) as refused:
+            score_with_dask(app, source, output, client, version="1", progress=False)
+        assert "this worker's versions of 'default' are not the client's: version 2 only on " in (
+            str(refused.value)
+        )
+        other = make_app(url, tmp_path / "client")
+        with pytest.raises(PartitionRefused) as refused:
+            score_with_dask(other, source, output, client, progress=False)
+        assert (
+            "are not the client's: version 3 only on the client; version 2 with other model "
+            "files (by sha256); give the workers the same models folder"
+        ) in str(refused.value)
+    assert not output.exists()
+    assert stored_ids(app, "v") == []
 
 
 def test_a_file_the_model_cannot_read_stops_before_the_output_is_written(
@@ -393,6 +479,35 @@ def test_csv_partitions_end_on_record_boundaries_even_inside_quotes(tmp_path):
         "plain",
         "last\r\n",
     ]
+
+
+def test_a_stray_quote_is_refused_as_flask_score_refuses_it(app, cluster, database_url, tmp_path):
+    """A quote left open at line 3 and closed by another stray one past MAX_RECORD_BYTES
+    would make one record, and one partition, of everything between: a worker would read it
+    whole. Refused instead, with `flask score`'s sentence, before any partition is sent."""
+    from serving.batch.files import MAX_RECORD_BYTES
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 1, "q")
+    head, row = source.read_bytes().splitlines(keepends=True)
+    rest = row.split(b",", 1)[1]
+    tail = [b"q%d,%s" % (i, rest) for i in range(2, MAX_RECORD_BYTES // len(rest) + 100)]
+    source.write_bytes(
+        b"".join([head, row, b'q1,"' + rest, *tail, b'q-end,"' + rest, b"q-last," + rest])
+    )
+    assert source.stat().st_size > MAX_RECORD_BYTES
+
+    process = score(cluster, database_url, source, output, "--chunk-rows", "100")
+    _, err = process.communicate(timeout=STARTUP_SECONDS * 2)
+    sentence = "The CSV record at line 3 never closes its quote"
+    assert process.returncode == 1 and sentence in err, err
+    assert not output.exists() and not Checkpoint.path_for(output).exists()
+    assert stored_ids(app, "q") == []
+    local = app.test_cli_runner().invoke(
+        args=["score", str(source), str(tmp_path / "local.csv"), "--quiet"]
+    )
+    assert local.exit_code == 1
+    assert local.output.splitlines()[-1] in err.splitlines()
 
 
 def test_the_dask_engine_needs_a_scheduler_and_the_local_one_a_csv(runner, tmp_path):

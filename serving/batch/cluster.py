@@ -16,8 +16,9 @@ stored again, which replays it: the output is complete and every id is stored on
 
 The workers are deployments of the same image as the service: their environment names the
 database (DATABASE_URL) and the models (ROOT_MODEL_DIR, MODELS_DIR, MODEL_DIGESTS), and the
-input path must be one they can open. A worker whose models differ from the client's (by the
-sha256 of every model file) or that stores into another database refuses its partitions.
+input path must be one they can open. A worker whose versions of the endpoint are not the
+client's (one more or fewer, or other model files by their sha256) or that stores into
+another database refuses its partitions.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 from serving.batch import ID_COLUMN, partitions, render
 from serving.batch.files import Checkpoint, Refused, Summary, open_output, resumable
 from serving.batch.progress import Progress
-from serving.errors import ServiceError
+from serving.errors import ServiceError, Unavailable
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -78,6 +79,9 @@ class Outcome:
     text: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # Why the worker could not finish it for a passing cause (its database did not answer):
+    # the run stops as a failure, not a refusal, and running it again resumes.
+    failure: str | None = None
 
 
 _LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
@@ -134,16 +138,37 @@ def _refusal(app: Flask, job: Job) -> str | None:
                 f"this worker stores into {mine}, the client into {job.database}; "
                 "give the workers the same DATABASE_URL as the client"
             )
+    # Every version, not only those the job names: routing by status or A/B arm on a worker
+    # with a version the client lacks would answer with a version the client never checked.
+    from serving.model.folders import version_order
+
     versions = app.extensions["registry"].endpoint(job.endpoint)
-    wanted = [job.version] if job.version else sorted(job.digests)
-    for version in wanted:
-        mine_digests = versions[version].digests if version in versions else None
-        if mine_digests != job.digests.get(version):
-            return (
-                f"this worker's version {version} of {job.endpoint!r} is not the client's "
-                "(other model files, by sha256); give the workers the same models folder"
-            )
+    loaded = {version: dict(model.digests) for version, model in versions.items()}
+    here, there = loaded.keys(), job.digests.keys()
+    differences = [f"{v} only on this worker" for v in sorted(here - there, key=version_order)]
+    differences += [f"{v} only on the client" for v in sorted(there - here, key=version_order)]
+    differences += [
+        f"{v} with other model files (by sha256)"
+        for v in sorted(here & there, key=version_order)
+        if loaded[v] != job.digests[v]
+    ]
+    if differences:
+        return (
+            f"this worker's versions of {job.endpoint!r} are not the client's: version "
+            f"{'; version '.join(differences)}; give the workers the same models folder"
+        )
     return None
+
+
+def _database_failure(exc: Exception) -> str:
+    """A sentence for a database that did not serve this worker, naming the worker."""
+    from distributed import get_worker
+
+    try:
+        worker = f"worker {get_worker().address}"
+    except ValueError:  # called outside a Dask worker
+        worker = "this worker"
+    return render.database_failure(exc, worker)
 
 
 def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
@@ -162,6 +187,8 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
         app = _worker_app()
     except ModelLoadError as exc:
         return Outcome(partition.index, error=f"the worker cannot load the models: {exc}")
+    except (Unavailable, *database.CONNECTION_ERRORS) as exc:  # migrating at start
+        return Outcome(partition.index, failure=_database_failure(exc))
     with app.app_context():
         try:
             refusal = _refusal(app, job)
@@ -178,6 +205,8 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
                 plane=plane,
             )
             results = prepared.commit()
+        except Unavailable as exc:
+            return Outcome(partition.index, failure=_database_failure(exc))
         except ServiceError as exc:
             return Outcome(partition.index, error=render.sentence(exc))
         finally:
@@ -319,6 +348,8 @@ def _run(
             except Exception as exc:  # whatever the cluster raised: the run stops, resumable
                 raise ClusterError(f"partition {index + 1} failed on the cluster: {exc}") from exc
             del flying[index]
+            if outcome.failure is not None:
+                raise ClusterError(f"partition {index + 1} failed: {outcome.failure}")
             if outcome.error is not None:
                 raise PartitionRefused(f"partition {index + 1}: {outcome.error}")
             arrived[index] = outcome

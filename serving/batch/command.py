@@ -13,7 +13,7 @@ from flask.cli import with_appcontext
 
 import serving
 from serving.batch import ID_COLUMN
-from serving.errors import ServiceError
+from serving.errors import ServiceError, Unavailable
 from serving.store import database
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ def score_command(
         serving.load_models(current_app, [name])
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
+    except database.CONNECTION_ERRORS as exc:  # its migrations, with MIGRATE_ON_START on
+        raise click.ClickException(_database_down(exc)) from exc
     services = current_app.extensions["services"]
     # Offline: no shadows, no Prometheus counts (see `dataplane.Plane`); stored unless --no-log.
     plane = replace(dataplane.OFFLINE, store=not no_log)
@@ -132,6 +134,8 @@ def score_command(
         )
     except Refused as exc:
         raise click.ClickException(str(exc)) from exc
+    except Unavailable as exc:
+        raise click.ClickException(_database_down(exc)) from exc
     except ServiceError as exc:
         raise click.ClickException(_sentence(exc)) from exc
     except KeyboardInterrupt:
@@ -185,6 +189,8 @@ def _score_on_dask(
         raise click.ClickException(
             f"{exc}; run the same command again to resume where it stopped"
         ) from exc
+    except (Unavailable, *database.CONNECTION_ERRORS) as exc:  # the client's own start
+        raise click.ClickException(_database_down(exc)) from exc
     except ServiceError as exc:
         raise click.ClickException(_sentence(exc)) from exc
     except KeyboardInterrupt:
@@ -204,6 +210,16 @@ def _report(summary: Summary, output: Path) -> None:
         f"{summary.answered:,} answered ({summary.stored:,} stored, "
         f"{summary.replayed:,} replayed), {summary.invalid:,} invalid, "
         f"{summary.conflicts:,} conflicts; answers in {output}"
+    )
+
+
+def _database_down(error: BaseException) -> str:
+    """The sentence for a database that did not serve the run: a failure, not a refusal,
+    and running again resumes once it does."""
+    from serving.batch import render
+
+    return (
+        f"{render.database_failure(error)}; run the same command again to resume where it stopped"
     )
 
 

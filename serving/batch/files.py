@@ -36,6 +36,20 @@ if TYPE_CHECKING:  # the data plane imports serving.batch: only its type is need
 MAX_RECORD_BYTES = 16 << 20
 
 
+def unclosed_quote(line: int) -> BadRequest:
+    """The refusal of a record whose lines inside quotes pass MAX_RECORD_BYTES: a stray quote
+    rather than a record, refused instead of read whole (both engines say this)."""
+    return BadRequest(
+        f"The CSV record at line {line} never closes its quote (more than "
+        f"{MAX_RECORD_BYTES:,} bytes inside quotes); is a quote left open?"
+    )
+
+
+def ends_quoted(line: int) -> BadRequest:
+    """The refusal of a CSV whose last record is still inside quotes at the end of the file."""
+    return BadRequest(f"The CSV ends inside a quoted field of the record at line {line}.")
+
+
 class Refused(Exception):
     """The run cannot start as asked; the message says why and what to do."""
 
@@ -74,7 +88,10 @@ class CsvReader:
             handle.seek(start)
             lines: list[bytes] = []
             offset, records, quoted, pending, first = start, 0, 0, 0, line
+            opened = line  # the line the record being read starts at
             for text in handle:
+                if not quoted:
+                    opened = line
                 lines.append(text)
                 offset += len(text)
                 line += 1
@@ -84,7 +101,7 @@ class CsvReader:
                     # A line end inside quotes: the record goes on.
                     pending += len(text)
                     if pending > MAX_RECORD_BYTES:
-                        raise BadRequest(f"The CSV record at line {first} never closes its quote.")
+                        raise unclosed_quote(opened)
                     continue
                 pending = 0
                 records += 1
@@ -92,7 +109,7 @@ class CsvReader:
                     yield lines, first, offset, line
                     lines, records, first = [], 0, line
             if quoted:
-                raise BadRequest(f"The CSV ends inside a quoted field opened near line {first}.")
+                raise ends_quoted(opened)
             if lines:
                 yield lines, first, offset, line
 

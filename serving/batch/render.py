@@ -191,3 +191,16 @@ def sentence(error: ServiceError) -> str:
     """An error as one sentence with its details, for a command line."""
     details = pairs(error.details)
     return f"{error.message} ({details})" if details else error.message
+
+
+def database_failure(error: BaseException, who: str | None = None) -> str:
+    """A database that did not serve a batch run (a ServiceError 503 or the driver's own
+    connection error) as one sentence: could not be reached (from `who`) and why, or the
+    503's own sentence for a database that answered too slowly or had no connection free."""
+    from serving.store.database import CONNECTION_ERRORS
+
+    cause = error.__cause__ if isinstance(error, ServiceError) else error
+    if isinstance(cause, CONNECTION_ERRORS):
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        return f"the database could not be reached{f' from {who}' if who else ''} ({reason})"
+    return f"the database failed{f' for {who}' if who else ''}: {error}"
