@@ -46,6 +46,10 @@ def _number(
     return value
 
 
+# A hundred years: longer is "forever", which 0 already says, and would overflow the date.
+MAX_RETENTION_DAYS = 36_500
+
+
 def _int(
     environ: Mapping[str, str],
     name: str,
@@ -235,7 +239,10 @@ class Settings:
             ),
             metrics_dir=_optional_path(env, "METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR"),
             prediction_retention_days=_int(
-                env, "PREDICTION_RETENTION_DAYS", defaults.prediction_retention_days
+                env,
+                "PREDICTION_RETENTION_DAYS",
+                defaults.prediction_retention_days,
+                maximum=MAX_RETENTION_DAYS,
             ),
         )
 

@@ -96,6 +96,13 @@ class Unavailable(ServiceError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+def underlying(error: BaseException) -> str:
+    """What a ServiceError was raised from (the driver's own words, say), on one line: a
+    command prints it where a client would get only the error's own sentence."""
+    cause = error.__cause__ if isinstance(error, ServiceError) and error.__cause__ else error
+    return " ".join(str(cause).split()) or type(cause).__name__
+
+
 def detail(field: str, problem: str) -> dict[str, str]:
     """One entry of an error's details list."""
     return {"field": field, "problem": problem}

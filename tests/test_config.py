@@ -59,6 +59,10 @@ def test_unknown_overrides_are_refused():
         ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must start with sqlite:///"),
         ({"PREDICTION_RETENTION_DAYS": "-7"}, "PREDICTION_RETENTION_DAYS must be at least 0"),
+        (
+            {"PREDICTION_RETENTION_DAYS": "99999999"},
+            "PREDICTION_RETENTION_DAYS must be at most 36500",
+        ),
     ],
 )
 def test_typos_and_out_of_range_values_are_refused(environ, message):

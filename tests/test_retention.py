@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.reports import rollups
-from serving.store import partitions, predictions
+from serving.store import partitions, predictions, retention
 from serving.store.database import close_all, db, is_sqlite
+from serving.store.dialect import rows as sql_rows
 from serving.store.tables import Prediction, PredictionKey, utcnow
 from tests.conftest import REPO_ROOT, make_app
 from tests.environment import clean_environ
@@ -153,6 +154,67 @@ def test_a_prune_folds_first_and_cuts_on_a_whole_hour(app, tmp_path):
             ).fetchall()
         )
     assert counts == {rollups.hour_of(boundary) - 1: 1, rollups.hour_of(boundary): 1}
+
+
+def test_a_label_that_arrives_after_the_fold_still_counts_once_its_row_is_pruned(app, tmp_path):
+    # The command folds, then prunes; a ground truth sent in between lands on a row about to
+    # go. The next fold could never find it (its row is gone), so the prune rolls that hour
+    # up again, with the label, before it drops the row: the rollups keep counting it.
+    old = utcnow() - dt.timedelta(days=DAYS + 3)
+    with app.app_context():
+        predictions.save(at({"late-label": old, "kept": utcnow()}))
+        assert rollups.fold().sealed_hour is not None
+    answer = app.test_client().post("/update", data='{"id": "late-label", "true_class": 1}')
+    assert answer.status_code == 200, answer.get_json()
+    folder = tmp_path / "exports"
+    with app.app_context():
+        before = retention.cutoff(utcnow(), DAYS)
+        pruned = retention.prune(folder, before, lambda line: None, rollups.settle_before_drop)
+        assert sum(p.rows for p in pruned) == 1
+        assert [row[7] for row in in_files(folder).values()] == ["1"]  # its true_class
+        rollups.fold()
+        [counts] = sql_rows(
+            "SELECT SUM(predictions), SUM(labelled) FROM rollup_count WHERE hour = ?",
+            (rollups.hour_of(old),),
+        )
+    assert tuple(int(n) for n in counts) == (1, 1)
+
+
+def test_a_database_that_fails_the_command_gives_a_sentence(app, database_url, tmp_path):
+    # A fold past its statement limit (here: behind a lock another session holds) ends the
+    # command with exit 1 and a sentence, never a traceback or the HTTP API's wording.
+    if is_sqlite():
+        pytest.skip("needs a lock another connection holds while a statement limit runs")
+    import psycopg2
+
+    store_old_and_new(app)
+    close_all()
+    application = make_app(
+        database_url,
+        tmp_path / "no-more-models",
+        prediction_retention_days=DAYS,
+        db_long_statement_timeout_ms=300,
+    )
+    other = psycopg2.connect(database_url)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("LOCK TABLE rollup_state IN ACCESS EXCLUSIVE MODE")
+            runner = application.test_cli_runner()
+            pruned = runner.invoke(args=["prune-predictions", "--to", str(tmp_path / "out")])
+            folded = runner.invoke(args=["rollups"])
+    finally:
+        other.rollback()
+        other.close()
+        close_all()
+    assert pruned.exit_code == 1, pruned.output
+    assert "nothing more was dropped: the database did not serve the command" in pruned.output
+    assert "statement timeout" in pruned.output
+    # Ended by its own sentence (click's exit), not by an exception it let through.
+    assert isinstance(pruned.exception, SystemExit), pruned.exception
+    assert isinstance(folded.exception, SystemExit), folded.exception
+    assert folded.exit_code == 1, folded.output
+    assert "the rollups were not brought up to date" in folded.output
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_failed_export_drops_nothing(app, tmp_path):

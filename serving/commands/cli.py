@@ -15,7 +15,7 @@ from serving.commands.model_commands import models_group
 from serving.commands.prune_command import prune_command
 from serving.decisions.clients import keys_command
 from serving.decisions.lifecycle import STATUSES, Lifecycle
-from serving.errors import ServiceError
+from serving.errors import ServiceError, underlying
 from serving.model import digests, folders
 from serving.model.folders import version_order
 from serving.retraining.command import retrain_command
@@ -54,8 +54,16 @@ def init_app(app: Flask) -> None:
 
         if current_app.config["SETTINGS"].migrate_on_start:
             migrations.migrate()
-        folded = rollups.rebuild() if rebuild else rollups.fold()
-        database.close_all()
+        try:
+            folded = rollups.rebuild() if rebuild else rollups.fold()
+        except ServiceError as exc:  # the database away, or a fold past its statement limit
+            raise click.ClickException(
+                f"the rollups were not brought up to date: the database did not serve the fold "
+                f"({underlying(exc)}); the hours folded before stay folded, run "
+                "it again once the database answers"
+            ) from exc
+        finally:
+            database.close_all()
         click.echo(folded.describe())
 
     @app.cli.command("pin-digests")

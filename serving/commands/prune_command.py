@@ -11,6 +11,7 @@ import peewee
 from flask import current_app
 from flask.cli import with_appcontext
 
+from serving.errors import ServiceError, underlying
 from serving.store import database, migrations, retention
 from serving.store.tables import utcnow
 
@@ -43,7 +44,7 @@ def prune_command(folder: Path) -> None:
         if settings.migrate_on_start:
             migrations.migrate()
         version = migrations.current_version()
-        if version < retention.LAYOUT_VERSION:
+        if version < rollups.LAYOUT_VERSION:
             raise click.ClickException(
                 f"The schema is at version {version}; run flask migrate first."
             )
@@ -53,11 +54,17 @@ def prune_command(folder: Path) -> None:
         folded = rollups.fold()
         click.echo(folded.describe())
         before = retention.cutoff(utcnow(), days)
-        if folded.sealed_hour is not None:
-            before = min(before, rollups.hour_start(folded.sealed_hour))
-        retention.prune(folder, before, click.echo)
+        # Nothing sealed (an empty log): nothing may go.
+        sealed = rollups.hour_start(folded.sealed_hour or 0)
+        retention.prune(folder, min(before, sealed), click.echo, rollups.settle_before_drop)
     # pyarrow's errors are ValueError (bad values) or OSError (files).
     except (retention.ExportFailed, OSError, ValueError, peewee.DatabaseError) as exc:
         raise click.ClickException(f"nothing more was dropped: {exc}") from exc
+    except ServiceError as exc:  # the database away, or a statement past its limit
+        raise click.ClickException(
+            f"nothing more was dropped: the database did not serve the command "
+            f"({underlying(exc)}); "
+            "run it again once the database answers"
+        ) from exc
     finally:
         database.close_all()

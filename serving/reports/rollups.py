@@ -17,7 +17,10 @@ rows' `updated_at`, which `/update` sets). An hour is always rolled up whole (it
 deleted, its sums inserted), so folding twice gives the same rows. The service folds every
 ROLLUP_SECONDS in each worker, and `flask rollups` does it on demand; every folder takes the
 same lock (a PostgreSQL advisory lock, SQLite's write transaction), so workers and replicas
-folding at once take turns, and the next finds little left to do.
+folding at once take turns, and the next finds little left to do. A worker's periodic fold
+does not queue for that lock on PostgreSQL: when another fold holds it, it leaves the work
+to that one. A prune takes the same turn for each set of rows it drops
+(`settle_before_drop`). "Now" is the database's clock, which stamps `updated_at`.
 
 A report (`measure_logged`, `hour_counts`) reads, in one snapshot: the rollups of the sealed
 hours in its range, except hours with a ground truth newer than the last fold, and the raw
@@ -27,7 +30,8 @@ the rollups from the next fold on.
 
 What this assumes: a row is committed within SETTLE_SECONDS of the timestamp it carries
 (`created_at` from the writing worker's clock, `updated_at` from the database's), clocks
-included. Writes are bounded far below that by DB_STATEMENT_TIMEOUT_MS and the request
+included: a worker's clock behind the database's by more than that writes rows into hours
+already sealed. Writes are bounded far below that by DB_STATEMENT_TIMEOUT_MS and the request
 deadlines; a row committed later into a sealed hour is missed until `flask rollups
 --rebuild`.
 """
@@ -55,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The schema version that made the rollups' tables.
+LAYOUT_VERSION = 8
 HOUR = 3600
 DAY_HOURS = 24
 # An hour is sealed this long after it ends (see the module docstring), and ground truths
@@ -279,6 +285,30 @@ def _roll_days(first: int, last: int) -> None:
         ),
         (first * DAY_HOURS, last * DAY_HOURS),
     )
+
+
+def settle_before_drop(source: str, params: list[Any]) -> None:
+    """Inside a prune's transaction, its rows locked against writes and about to be dropped
+    (`serving.store.retention.BeforeDrop`): take the folds' turn, so none rolls these hours
+    up while their rows go, and roll up again the hours of those rows that got a ground
+    truth since the last fold; once the rows are gone no fold could find that label."""
+    dialect.take_turns(_LOCK_KEY)
+    sealed, labels_from = _state()
+    if sealed is None or labels_from is None:
+        return
+    hours = sorted(
+        int(hour)
+        for (hour,) in dialect.rows(
+            f"SELECT DISTINCT {_hour_sql()} FROM (SELECT created_at, updated_at FROM {source}) "
+            "pruned WHERE updated_at >= ? AND created_at < ?",
+            (*params, _text(labels_from), _text(hour_start(sealed))),
+        )
+    )
+    for first, last in _runs(hours):
+        _roll(first, last)
+    days = sorted({hour // DAY_HOURS for hour in hours if hour // DAY_HOURS < sealed // DAY_HOURS})
+    for first, last in _runs(days):
+        _roll_days(first, last)
 
 
 @unit_of_work(write=True, long_running=True)

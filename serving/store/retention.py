@@ -38,8 +38,6 @@ from serving.store.dialect import sql
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# The schema version that made the layout this module prunes.
-LAYOUT_VERSION = 7
 # Rows read from the database and written to the file at a time: bounded memory.
 ROWS_PER_CHUNK = 50_000
 # PostgreSQL: dropping a partition needs the parent table to itself for an instant; waiting
@@ -133,14 +131,20 @@ def _text(moment: dt.datetime) -> str:
     return moment.isoformat(sep=" ")
 
 
-def retire(old: Old, folder: Path) -> Pruned:
+# Called in a set's transaction once its rows are locked, before they are dropped, with the
+# rows' source (`"table" WHERE ...`, for `SELECT ... FROM {source}`) and its parameters.
+BeforeDrop = Callable[[str, list[Any]], None]
+
+
+def retire(old: Old, folder: Path, before_drop: BeforeDrop | None = None) -> Pruned:
     """Export one set of rows to Parquet in `folder`, check the file, then drop the rows and
-    their keys; all or nothing (see the module's docstring)."""
+    their keys; all or nothing (see the module's docstring). `before_drop` runs first in the
+    same transaction (the rollups take their turn there and count the rows' last labels)."""
     where, params = ("WHERE created_at < ?", [old.before]) if old.before is not None else ("", [])
     source = f'"{old.table}" {where}'
     files: list[Path] = []
     try:
-        return _retire(old, folder, source, params, files)
+        return _retire(old, folder, source, params, files, before_drop)
     except BaseException:
         # The transaction rolled back, so the rows are still in the database: a file of them
         # left behind would be exported again by the next run, and counted twice by readers.
@@ -149,7 +153,14 @@ def retire(old: Old, folder: Path) -> Pruned:
         raise
 
 
-def _retire(old: Old, folder: Path, source: str, params: list[Any], files: list[Path]) -> Pruned:
+def _retire(
+    old: Old,
+    folder: Path,
+    source: str,
+    params: list[Any],
+    files: list[Path],
+    before_drop: BeforeDrop | None,
+) -> Pruned:
     with write_transaction():
         if not is_sqlite():
             db.execute_sql("SET LOCAL statement_timeout = 0")
@@ -160,6 +171,9 @@ def _retire(old: Old, folder: Path, source: str, params: list[Any], files: list[
                 return Pruned(old.name, 0, None)
             # Writes (an /update of an old row) wait until the rows are gone or kept.
             db.execute_sql(f'LOCK TABLE "{old.table}" IN SHARE MODE')
+        if before_drop is not None:
+            # After the lock: no label can reach these rows between this and their drop.
+            before_drop(source, params)
         count = db.execute_sql(sql(f"SELECT COUNT(*) FROM {source}"), params).fetchone()[0]
         path = _export(old.name, source, params, count, folder, files) if count else None
         db.execute_sql(
@@ -261,9 +275,15 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def prune(folder: Path, before: dt.datetime, say: Callable[[str], None]) -> list[Pruned]:
+def prune(
+    folder: Path,
+    before: dt.datetime,
+    say: Callable[[str], None],
+    before_drop: BeforeDrop | None = None,
+) -> list[Pruned]:
     """Make the partitions due ahead, then export and drop every set of rows older than
-    `before`, oldest first; stop at the first failure (what went before stays done)."""
+    `before`, oldest first (`before_drop`: see `retire`); stop at the first failure (what
+    went before stays done)."""
     folder.mkdir(parents=True, exist_ok=True)
     made = migrations.ensure_partitions()
     if made:
@@ -271,7 +291,7 @@ def prune(folder: Path, before: dt.datetime, say: Callable[[str], None]) -> list
     done = []
     db.connect(reuse_if_open=True)
     for old in due(before):
-        pruned = retire(old, folder)
+        pruned = retire(old, folder, before_drop)
         done.append(pruned)
         if pruned.path is not None:
             say(f"{old.name}: exported {pruned.rows} rows to {pruned.path}, then dropped them")
