@@ -379,7 +379,8 @@ def test_a_worker_with_other_versions_refuses(app, tmp_path):
 def test_a_long_lived_worker_goes_on_with_the_versions_published_since_it_started(app, tmp_path):
     """A worker that stays up between runs loads what was published since it loaded its
     models (as a serving worker's periodic check does), so the next run goes on with the new
-    set."""
+    set; a version it loads on demand mid-run, which the client never checked (published and
+    promoted after the client's check), answers nothing that is stored."""
     from distributed import Client
 
     url = app.config["SETTINGS"].database_url
@@ -419,6 +420,22 @@ def test_a_long_lived_worker_goes_on_with_the_versions_published_since_it_starte
         # The client has version 2 and the worker did not: it loads it, even for a run that
         # names version 1, rather than refuse every run from now on.
         assert {line["model_version"] for line in run("t2-", version="1")} == {"1"}
+
+        checked = make_app(url, tmp_path / "none")  # loads versions 1 and 2
+        publish("3")
+        with app.app_context():
+            app.extensions["lifecycle"].change("tiny", "3", "production", "test")
+        with pytest.raises(PartitionRefused) as refused:
+            run("t3-", checked)
+        assert (
+            "partition 1: rows were routed to version 3 of 'tiny', which the client did not "
+            "check (published or promoted since the run began); nothing of this partition was "
+            "stored: run the same command again to go on with the new set"
+        ) in str(refused.value)
+        assert stored_ids(app, "t3-") == []
+        # Run again: the client has version 3 now, and so has the worker.
+        assert {line["model_version"] for line in run("t3-")} == {"3"}
+    assert len(stored_ids(app, "t3-")) == 60
 
 
 def test_a_file_the_model_cannot_read_stops_before_the_output_is_written(

@@ -20,6 +20,7 @@ input path must be one they can open. A worker lacking a version the client has 
 the versions published since it started, as a serving worker's periodic check does; one
 whose versions of the endpoint are still not the client's (one more or fewer, or other
 model files by their sha256), or that stores into another database, refuses its partitions.
+A partition routed to a version the client did not check is refused with nothing stored.
 """
 
 from __future__ import annotations
@@ -235,6 +236,19 @@ def _folders_changed(app: Flask, endpoint: str) -> bool:
     return any(digests.folder_digests(on_disk[v]) != dict(m.digests) for v, m in loaded.items())
 
 
+def _unchecked(job: Job, versions: dict[str, dict[str, str]]) -> str | None:
+    """Why a prepared partition must not be stored: rows routed to a version the client did
+    not check (one this worker loaded on demand, published or promoted during the run)."""
+    for version, files in versions.items():
+        if job.digests.get(version) != files:
+            return (
+                f"rows were routed to version {version} of {job.endpoint!r}, which the client "
+                "did not check (published or promoted since the run began); nothing of this "
+                "partition was stored: run the same command again to go on with the new set"
+            )
+    return None
+
+
 def _database_failure(exc: Exception) -> str:
     """A sentence for a database that did not serve this worker, naming the worker."""
     from distributed import get_worker
@@ -279,6 +293,12 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
                 status=job.status,
                 plane=plane,
             )
+            # Routing may load on demand a version published or promoted since the check
+            # above: the client never checked it, so nothing it answered may be stored.
+            used = {g.route.model.version: dict(g.route.model.digests) for g in prepared.groups}
+            unchecked = _unchecked(job, used)
+            if unchecked is not None:
+                return Outcome(partition.index, error=unchecked)
             results = prepared.commit()
         except Unavailable as exc:
             return Outcome(partition.index, failure=_database_failure(exc))
