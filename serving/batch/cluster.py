@@ -276,7 +276,8 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
         app = _worker_app()
     except ModelLoadError as exc:
         return Outcome(partition.index, error=f"the worker cannot load the models: {exc}")
-    except (Unavailable, *database.CONNECTION_ERRORS) as exc:  # migrating at start
+    except (Unavailable, database.MaxConnectionsExceeded, *database.CONNECTION_ERRORS) as exc:
+        # Migrating at start (a pool with no connection free raises its own error there).
         return Outcome(partition.index, failure=_database_failure(exc))
     with app.app_context():
         try:
