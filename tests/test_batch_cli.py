@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from serving.batch.files import Checkpoint
 from serving.store.tables import Prediction
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, make_app, using_postgres
 from tests.environment import clean_environ
 
 TITANIC = REPO_ROOT / "data" / "titanic.csv"
@@ -217,6 +218,124 @@ def test_a_database_that_is_down_is_a_failure_to_run_again(tmp_path, migrate, en
     error = err.strip().splitlines()[-1]
     assert error.startswith("Error: the database could not be reached (connection to server at")
     assert error.endswith("; run the same command again to resume where it stopped")
+    assert not output.exists()
+
+
+def _score_in_process(app, source: Path, output: Path, engine: str):
+    # The command stops before it asks for a scheduler: none is needed.
+    cluster = ["--engine", "dask", "--scheduler", "tcp://127.0.0.1:1"] if engine == "dask" else []
+    return app.test_cli_runner().invoke(
+        args=["score", str(source), str(output), "--quiet", *cluster]
+    )
+
+
+def _unloaded_app(database_url: str, tmp_path: Path, **settings: object):
+    """An app on a migrated database whose models load when the command asks, as under the
+    `flask` command line."""
+    from serving import create_app
+    from serving.store.database import close_all
+
+    make_app(database_url, tmp_path / "none")  # migrates
+    close_all()
+    config = {
+        "database_url": database_url,
+        "root_model_dir": REPO_ROOT,
+        "models_dir": tmp_path / "none",
+        "compile_models": False,
+        **settings,
+    }
+    return create_app(config, load=False)
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_database_with_no_connection_free_is_a_failure_to_run_again(
+    database_url, tmp_path, engine
+):
+    """Every pooled connection busy while the command migrates: a sentence saying so and that
+    running again resumes (was the pool's own exception, uncaught), never an HTTP client's
+    'retry the request with the same id'."""
+    from serving.store.database import db
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 20)
+    app = _unloaded_app(database_url, tmp_path, db_pool_size=1, db_pool_wait_seconds=0.3)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_only_connection() -> None:
+        db.connect(reuse_if_open=True)
+        holding.set()
+        release.wait(30)
+        db.close()
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        result = _score_in_process(app, source, output, engine)
+    finally:
+        release.set()
+        holder.join(30)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    error = result.output.strip().splitlines()[-1]
+    assert error == (
+        "Error: no database connection was free within DB_POOL_WAIT_SECONDS (all DB_POOL_SIZE "
+        "of them stayed busy), so nothing was stored; run the same command again to resume "
+        "where it stopped"
+    )
+    assert not output.exists()
+    # Where a chunk (or a Dask worker's partition) is stored, the data layer's 503 for the
+    # same pool: the command line's sentence too, not the HTTP answer's advice.
+    from serving.batch import render
+    from serving.errors import Unavailable
+    from serving.store.database import run_with_retry
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holding.clear()
+    release.clear()
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with app.app_context(), pytest.raises(Unavailable) as busy:
+            run_with_retry(lambda: db.execute_sql("SELECT 1"))
+    finally:
+        release.set()
+        holder.join(30)
+    assert render.database_failure(busy.value, "worker tcp://w") == (
+        "no database connection was free from worker tcp://w within DB_POOL_WAIT_SECONDS "
+        "(all DB_POOL_SIZE of them stayed busy), so nothing was stored"
+    )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_database_too_slow_at_start_is_a_failure_to_run_again(database_url, tmp_path, engine):
+    """The first statuses wait behind another status change past DB_STATEMENT_TIMEOUT_MS: the
+    503 the data layer raises (was uncaught where models load) comes out as a command line's
+    sentence, without the HTTP answer's 'Retry it with the same id'."""
+    if not using_postgres():
+        pytest.skip("statement_timeout is PostgreSQL's")
+    import psycopg2
+
+    from serving.decisions.lifecycle import _PG_LOCK_KEY
+
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    passengers(source, 20)
+    app = _unloaded_app(database_url, tmp_path, db_statement_timeout_ms=300)
+    changing = psycopg2.connect(database_url)
+    try:
+        with changing.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+        result = _score_in_process(app, source, output, engine)
+    finally:
+        changing.rollback()
+        changing.close()
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: the database did not answer in time (a statement ran past")
+    assert error.endswith("; run the same command again to resume where it stopped")
+    assert "Retry" not in error
     assert not output.exists()
 
 

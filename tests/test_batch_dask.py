@@ -27,8 +27,16 @@ import pytest
 from serving.batch.cluster import ClusterError, PartitionRefused, score_with_dask
 from serving.batch.files import Checkpoint
 from serving.store.tables import Prediction
-from tests.conftest import REPO_ROOT, make_app, postgres_url, reset_postgres, using_postgres
+from tests.conftest import (
+    REPO_ROOT,
+    _tiny_frame,
+    make_app,
+    postgres_url,
+    reset_postgres,
+    using_postgres,
+)
 from tests.environment import clean_environ
+from tests.published_models import tiny_version
 from tests.test_batch_cli import TITANIC, expected_proba, read_output
 
 pytestmark = pytest.mark.slow
@@ -354,8 +362,80 @@ def test_a_worker_with_other_versions_refuses(app, tmp_path):
             "are not the client's: version 3 only on the client; version 2 with other model "
             "files (by sha256); give the workers the same models folder"
         ) in str(refused.value)
+        # Its folder removed since: only the worker's copy in memory is old, and the
+        # sentence says so rather than blame the folder.
+        shutil.rmtree(tmp_path / "worker" / "default" / "2")
+        with pytest.raises(PartitionRefused) as refused:
+            score_with_dask(app, source, output, client, version="1", progress=False)
+        assert (
+            "are not the client's: version 2 only on this worker; restart the workers: they "
+            "loaded their models at "
+        ) in str(refused.value)
+        assert "models folder has changed since" in str(refused.value)
     assert not output.exists()
     assert stored_ids(app, "v") == []
+
+
+def test_a_long_lived_worker_goes_on_with_the_versions_published_since_it_started(app, tmp_path):
+    """A worker that stays up between runs loads what was published since it loaded its
+    models (as a serving worker's periodic check does), so the next run goes on with the new
+    set; a version it loads on demand mid-run, which the client never checked (published and
+    promoted after the client's check), answers nothing that is stored."""
+    from distributed import Client
+
+    url = app.config["SETTINGS"].database_url
+
+    def publish(version: str, **metadata: object) -> None:
+        folder = tiny_version(tmp_path / f"tiny-{version}", version, endpoint="tiny", **metadata)
+        pushed = app.test_cli_runner().invoke(args=["models", "push", str(folder)])
+        assert pushed.exit_code == 0, pushed.output
+
+    publish("1", initial_status="production")
+    with (
+        lone_worker(url, tmp_path, STATUS_REFRESH_SECONDS="0") as lone,
+        Client(lone.address, timeout=STARTUP_SECONDS, set_as_default=False) as client,
+    ):
+
+        def run(prefix: str, checked=None, **options: str) -> list[dict[str, str]]:
+            source, output = tmp_path / f"{prefix}.csv", tmp_path / f"{prefix}-out.csv"
+            frame = _tiny_frame(60)
+            frame.insert(0, "id", [f"{prefix}{i}" for i in range(60)])
+            frame.to_csv(source, index=False)
+            summary = score_with_dask(
+                checked or make_app(url, tmp_path / "none"),
+                source,
+                output,
+                client,
+                endpoint="tiny",
+                partition_rows=20,
+                progress=False,
+                **options,
+            )
+            assert summary.stored == 60
+            return read_output(output)
+
+        # The worker loads its models with the first partition: version 1 alone.
+        assert {line["model_version"] for line in run("t1-")} == {"1"}
+        publish("2")
+        # The client has version 2 and the worker did not: it loads it, even for a run that
+        # names version 1, rather than refuse every run from now on.
+        assert {line["model_version"] for line in run("t2-", version="1")} == {"1"}
+
+        checked = make_app(url, tmp_path / "none")  # loads versions 1 and 2
+        publish("3")
+        with app.app_context():
+            app.extensions["lifecycle"].change("tiny", "3", "production", "test")
+        with pytest.raises(PartitionRefused) as refused:
+            run("t3-", checked)
+        assert (
+            "partition 1: rows were routed to version 3 of 'tiny', which the client did not "
+            "check (published or promoted since the run began); nothing of this partition was "
+            "stored: run the same command again to go on with the new set"
+        ) in str(refused.value)
+        assert stored_ids(app, "t3-") == []
+        # Run again: the client has version 3 now, and so has the worker.
+        assert {line["model_version"] for line in run("t3-")} == {"3"}
+    assert len(stored_ids(app, "t3-")) == 60
 
 
 def test_a_file_the_model_cannot_read_stops_before_the_output_is_written(

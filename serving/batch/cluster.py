@@ -16,9 +16,11 @@ stored again, which replays it: the output is complete and every id is stored on
 
 The workers are deployments of the same image as the service: their environment names the
 database (DATABASE_URL) and the models (ROOT_MODEL_DIR, MODELS_DIR, MODEL_DIGESTS), and the
-input path must be one they can open. A worker whose versions of the endpoint are not the
-client's (one more or fewer, or other model files by their sha256) or that stores into
-another database refuses its partitions.
+input path must be one they can open. A worker lacking a version the client has first loads
+the versions published since it started, as a serving worker's periodic check does; one
+whose versions of the endpoint are still not the client's (one more or fewer, or other
+model files by their sha256), or that stores into another database, refuses its partitions.
+A partition routed to a version the client did not check is refused with nothing stored.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def database_identity(url: str) -> str:
 # ---- on a worker ----------------------------------------------------------------------
 
 _apps: list[Flask] = []
+# When this process loaded its models (UTC), for a refusal that asks for a restart.
+_loaded_at: list[str] = []
 _loading = threading.Lock()
 
 
@@ -126,6 +130,7 @@ def _worker_app() -> Flask:
             app = serving.create_app(load=False)
             serving.load_models(app)
             _apps.append(app)
+            _loaded_at.append(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
         return _apps[0]
 
 
@@ -140,23 +145,107 @@ def _refusal(app: Flask, job: Job) -> str | None:
             )
     # Every version, not only those the job names: routing by status or A/B arm on a worker
     # with a version the client lacks would answer with a version the client never checked.
+    differences = _differences(app, job)
+    if any(kind == "client" for kind, _ in differences):
+        # Published since this long-lived worker loaded its models: load them now, as a
+        # serving worker's periodic check would, rather than refuse every run from now on.
+        app.extensions["hot_loader"].check()
+        differences = _differences(app, job)
+    if not differences:
+        return None
+    registry = app.extensions["registry"]
+    said = []
+    for kind, version in differences:
+        where = {"worker": "only on this worker", "client": "only on the client"}.get(
+            kind, "with other model files (by sha256)"
+        )
+        broken = [
+            b["error"]
+            for b in registry.broken
+            if b["endpoint"] == job.endpoint and b["version"] == version and b.get("error")
+        ]
+        said.append(
+            f"{version} {where}" + (f" (it cannot load here: {broken[0]})" if broken else "")
+        )
+    return (
+        f"this worker's versions of {job.endpoint!r} are not the client's: version "
+        f"{'; version '.join(said)}; {_advice(app, job.endpoint, differences)}"
+    )
+
+
+def _differences(app: Flask, job: Job) -> list[tuple[str, str]]:
+    """(where, version) for each version of the job's endpoint that differs between this
+    worker and the client, in version order: "worker" or "client" for a version only one of
+    them has, "files" for one whose model files differ."""
     from serving.model.folders import version_order
 
     versions = app.extensions["registry"].endpoint(job.endpoint)
     loaded = {version: dict(model.digests) for version, model in versions.items()}
     here, there = loaded.keys(), job.digests.keys()
-    differences = [f"{v} only on this worker" for v in sorted(here - there, key=version_order)]
-    differences += [f"{v} only on the client" for v in sorted(there - here, key=version_order)]
+    differences = [("worker", v) for v in sorted(here - there, key=version_order)]
+    differences += [("client", v) for v in sorted(there - here, key=version_order)]
     differences += [
-        f"{v} with other model files (by sha256)"
-        for v in sorted(here & there, key=version_order)
-        if loaded[v] != job.digests[v]
+        ("files", v) for v in sorted(here & there, key=version_order) if loaded[v] != job.digests[v]
     ]
-    if differences:
+    return differences
+
+
+def _advice(app: Flask, endpoint: str, differences: list[tuple[str, str]]) -> str:
+    """What to do about the versions that differ: run again for a version published since the
+    client loaded its models; restart the workers when their models folder changed since
+    they loaded it (their copy in memory is old); otherwise give them the client's folder."""
+    registry = app.extensions["registry"]
+    published = [
+        v for kind, v in differences if kind == "worker" and (endpoint, v) in registry.published
+    ]
+    if len(published) == len(differences):
         return (
-            f"this worker's versions of {job.endpoint!r} are not the client's: version "
-            f"{'; version '.join(differences)}; give the workers the same models folder"
+            f"version {', '.join(published)} was published after the client loaded its models: "
+            "run the same command again to go on with the new set"
         )
+    loaded_at = _loaded_at[0] if _loaded_at else "start"
+    if _folders_changed(app, endpoint):
+        return (
+            f"restart the workers: they loaded their models at {loaded_at}, and their models "
+            "folder has changed since"
+        )
+    return (
+        f"give the workers the same models folder as the client (they loaded theirs at {loaded_at})"
+    )
+
+
+def _folders_changed(app: Flask, endpoint: str) -> bool:
+    """Whether this worker's folders of `endpoint` (the root folder too, for the default
+    endpoint) are no longer the ones it loaded: one added, removed or with other files."""
+    from serving.model import digests, folders
+
+    settings = app.config["SETTINGS"]
+    registry = app.extensions["registry"]
+    on_disk = {v: path for _, v, path in folders.version_folders(settings.models_dir, [endpoint])}
+    if endpoint == settings.default_endpoint:
+        root = settings.root_model_dir
+        on_disk[folders.root_version(folders.read_metadata(root))] = root
+    skipped = {b["version"] for b in registry.broken if b["endpoint"] == endpoint}
+    loaded = {
+        version: model
+        for version, model in registry.models.get(endpoint, {}).items()
+        if (endpoint, version) not in registry.published
+    }
+    if on_disk.keys() - skipped != loaded.keys():
+        return True
+    return any(digests.folder_digests(on_disk[v]) != dict(m.digests) for v, m in loaded.items())
+
+
+def _unchecked(job: Job, versions: dict[str, dict[str, str]]) -> str | None:
+    """Why a prepared partition must not be stored: rows routed to a version the client did
+    not check (one this worker loaded on demand, published or promoted during the run)."""
+    for version, files in versions.items():
+        if job.digests.get(version) != files:
+            return (
+                f"rows were routed to version {version} of {job.endpoint!r}, which the client "
+                "did not check (published or promoted since the run began); nothing of this "
+                "partition was stored: run the same command again to go on with the new set"
+            )
     return None
 
 
@@ -187,7 +276,8 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
         app = _worker_app()
     except ModelLoadError as exc:
         return Outcome(partition.index, error=f"the worker cannot load the models: {exc}")
-    except (Unavailable, *database.CONNECTION_ERRORS) as exc:  # migrating at start
+    except (Unavailable, database.MaxConnectionsExceeded, *database.CONNECTION_ERRORS) as exc:
+        # Migrating at start (a pool with no connection free raises its own error there).
         return Outcome(partition.index, failure=_database_failure(exc))
     with app.app_context():
         try:
@@ -204,6 +294,12 @@ def score_partition(job: Job, partition: partitions.Partition) -> Outcome:
                 status=job.status,
                 plane=plane,
             )
+            # Routing may load on demand a version published or promoted since the check
+            # above: the client never checked it, so nothing it answered may be stored.
+            used = {g.route.model.version: dict(g.route.model.digests) for g in prepared.groups}
+            unchecked = _unchecked(job, used)
+            if unchecked is not None:
+                return Outcome(partition.index, error=unchecked)
             results = prepared.commit()
         except Unavailable as exc:
             return Outcome(partition.index, failure=_database_failure(exc))

@@ -16,6 +16,10 @@ from serving.batch import ID_COLUMN
 from serving.errors import ServiceError, Unavailable
 from serving.store import database
 
+# What a database that did not serve the command raises where models load (its migrations,
+# the first statuses): the pool's own exhaustion comes out of the migrations unwrapped.
+DATABASE_FAILURES = (Unavailable, database.MaxConnectionsExceeded, *database.CONNECTION_ERRORS)
+
 if TYPE_CHECKING:
     from serving.batch.files import Summary
     from serving.batch.rows import Rows
@@ -104,7 +108,7 @@ def score_command(
         serving.load_models(current_app, [name])
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
-    except database.CONNECTION_ERRORS as exc:  # its migrations, with MIGRATE_ON_START on
+    except DATABASE_FAILURES as exc:  # its migrations and first statuses, not a model
         raise click.ClickException(_database_down(exc)) from exc
     services = current_app.extensions["services"]
     # Offline: no shadows, no Prometheus counts (see `dataplane.Plane`); stored unless --no-log.
@@ -189,7 +193,7 @@ def _score_on_dask(
         raise click.ClickException(
             f"{exc}; run the same command again to resume where it stopped"
         ) from exc
-    except (Unavailable, *database.CONNECTION_ERRORS) as exc:  # the client's own start
+    except DATABASE_FAILURES as exc:  # the client's own start
         raise click.ClickException(_database_down(exc)) from exc
     except ServiceError as exc:
         raise click.ClickException(_sentence(exc)) from exc

@@ -195,12 +195,31 @@ def sentence(error: ServiceError) -> str:
 
 def database_failure(error: BaseException, who: str | None = None) -> str:
     """A database that did not serve a batch run (a ServiceError 503 or the driver's own
-    connection error) as one sentence: could not be reached (from `who`) and why, or the
-    503's own sentence for a database that answered too slowly or had no connection free."""
-    from serving.store.database import CONNECTION_ERRORS
+    error) as one sentence for a command line: could not be reached (from `who`) and why, had
+    no connection free, or did not answer in time. Never the HTTP answer's advice to retry
+    the request: the caller says to run the same command again."""
+    from serving.store import database
 
     cause = error.__cause__ if isinstance(error, ServiceError) else error
-    if isinstance(cause, CONNECTION_ERRORS):
+    at = f" from {who}" if who else ""
+    # peewee wraps the driver's statement_timeout in its OperationalError, a connection error.
+    driver = (cause.__cause__ or cause.__context__) if cause is not None else None
+    if isinstance(cause, database.QueryCanceledError | database.DeadlineExceeded) or isinstance(
+        driver, database.QueryCanceledError
+    ):
+        return (
+            f"the database did not answer in time{at} (a statement ran past its time limit); "
+            "rows it stored all the same are replayed, not stored twice"
+        )
+    if isinstance(cause, database.CONNECTION_ERRORS):
         reason = " ".join(str(cause).split()) or type(cause).__name__
-        return f"the database could not be reached{f' from {who}' if who else ''} ({reason})"
-    return f"the database failed{f' for {who}' if who else ''}: {error}"
+        return f"the database could not be reached{at} ({reason})"
+    if isinstance(cause, database.MaxConnectionsExceeded):
+        return (
+            f"no database connection was free{at} within DB_POOL_WAIT_SECONDS (all "
+            "DB_POOL_SIZE of them stayed busy), so nothing was stored"
+        )
+    # Any other 503: its own sentence, without the advice meant for an HTTP client.
+    message = error.message if isinstance(error, ServiceError) else str(error)
+    kept = [part for part in message.split(". ") if not part.startswith("Retry")]
+    return f"the database failed{f' for {who}' if who else ''}: " + ". ".join(kept).rstrip(".")
