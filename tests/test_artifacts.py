@@ -261,3 +261,21 @@ def test_a_packaged_arrow_frame_scores_and_names_a_value_outside_the_categories(
         },
         {"field": "observation.grade", "problem": "expected one of [1, 2, 3], got 7"},
     ]
+
+
+def test_a_refused_dtype_writes_no_file_and_leaves_an_earlier_model_as_it_was(tmp_path: Path):
+    import pyarrow as pa
+
+    folder = tmp_path / "model"
+    frame = python_frame()
+    artifacts.write_model(folder, LogisticRegression(), frame, {"name": "t", "version": "1"})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    when = pd.Series(pd.array([None] * len(frame), dtype=pd.ArrowDtype(pa.timestamp("s"))))
+    refused = frame.assign(when=when)
+    with pytest.raises(artifacts.NotPortable, match="column 'when'"):
+        artifacts.write_model(folder, LogisticRegression(), refused, {"name": "t", "version": "2"})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    with pytest.raises(artifacts.NotPortable):
+        artifacts.write_model(fresh, LogisticRegression(), refused, {"name": "t"})
+    assert not fresh.exists() or not any(fresh.iterdir())
