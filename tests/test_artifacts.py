@@ -279,3 +279,16 @@ def test_a_refused_dtype_writes_no_file_and_leaves_an_earlier_model_as_it_was(tm
     with pytest.raises(artifacts.NotPortable):
         artifacts.write_model(fresh, LogisticRegression(), refused, {"name": "t"})
     assert not fresh.exists() or not any(fresh.iterdir())
+
+
+def test_categorical_dtypes_pickle_alike_whether_columns_share_one_or_not(tmp_path: Path):
+    shared = pd.CategoricalDtype([1, 2, 3])
+    values = [1, 2, 3, 1]
+    one = pd.DataFrame({"a": pd.Series(values, dtype=shared), "b": pd.Series(values, dtype=shared)})
+    two = pd.DataFrame(
+        {
+            "a": pd.Series(values, dtype=pd.CategoricalDtype([1, 2, 3])),
+            "b": pd.Series(values, dtype=pd.CategoricalDtype([1, 2, 3])),
+        }
+    )
+    assert written_dtypes(tmp_path / "one", one) == written_dtypes(tmp_path / "two", two)

@@ -143,11 +143,16 @@ def _portable(column: Any, dtype: Any, category: bool = False) -> Any:
     if isinstance(dtype, pd.CategoricalDtype) and dtype.categories is not None:
         categories = dtype.categories
         if isinstance(categories.dtype, (pd.StringDtype, pd.ArrowDtype, *_MASKED)):
-            categories = pd.Index(
+            values, storage = (
                 categories.to_numpy(dtype=object),
-                dtype=_portable(column, categories.dtype, category=True),
+                _portable(column, categories.dtype, category=True),
             )
-        return pd.CategoricalDtype(categories, ordered=dtype.ordered)
+        else:
+            values, storage = categories.to_numpy(copy=True), categories.dtype
+        # Always a new Index, numeric categories too: two columns sharing one dtype would
+        # otherwise share its Index, which pickles as a back-reference, and the bytes would
+        # differ from two equal dtypes of their own.
+        return pd.CategoricalDtype(pd.Index(values, dtype=storage), ordered=dtype.ordered)
     return dtype
 
 
