@@ -184,3 +184,24 @@ def test_a_model_broken_for_every_input_is_still_a_server_error(app, client):
     response = client.post(PREDICT, json={"id": "g", "observation": GOOD})
     assert response.status_code == 500
     assert json.dumps(response.get_json()).count("multi_class") == 0
+
+
+def test_finding_the_refused_rows_of_a_hostile_batch_stops_at_the_cpu_budget(
+    database_url: str, tmp_path: Path
+):
+    """Every row refused costs 2n - 1 scoring calls to find: BATCH_CPU_SECONDS bounds them
+    (413, nothing stored) rather than letting one request spend seconds of CPU."""
+    root = tmp_path / "models"
+    fit_without_imputer(root / "raw" / "1")
+    app = make_app(database_url, root, batch_cpu_seconds=0.5)
+    try:
+        rows = [{"id": f"r{i}", "observation": BAD} for i in range(2000)]
+        response = app.test_client().post("/api/v1/raw/predict/batch", json=rows)
+        assert response.status_code == 413, response.get_data(as_text=True)[:300]
+        assert "finding the rows version 1 refuses" in json.dumps(response.get_json())
+        with app.app_context():
+            assert stored_ids() == []
+    finally:
+        from serving.store.database import close_all
+
+        close_all()

@@ -278,7 +278,7 @@ def prepare(
             for name, column in checked.columns.items()
         }
         targets = group.positions if whole else [group.positions[j] for j in valid]
-        scored = _score(results, model, group.route, columns, targets)
+        scored = _score(results, model, group.route, columns, targets, check)
         if check is not None:
             check(f"scoring the rows of version {model.version}")
         results.positions.extend(scored)
@@ -328,10 +328,11 @@ def _score(
     route: routing.Route,
     columns: dict[str, list[Any]],
     targets: list[int],
+    check: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Score one model's valid rows and write what it said into the rows at `targets`; the
     rows its pipeline refuses get their error instead. Returns the positions scored."""
-    scored, said, refused = _said_apart(model, columns, len(targets))
+    scored, said, refused = _said_apart(model, columns, len(targets), check)
     for k, error in refused.items():
         results.errors[targets[k]] = error
         results.warnings[targets[k]] = []
@@ -358,7 +359,10 @@ def _pick(columns: dict[str, list[Any]], rows: list[int]) -> dict[str, list[Any]
 
 
 def _said_apart(
-    model: LoadedModel, columns: dict[str, list[Any]], n: int
+    model: LoadedModel,
+    columns: dict[str, list[Any]],
+    n: int,
+    check: Callable[[str], None] | None = None,
 ) -> tuple[list[int], _Said, dict[int, InvalidInput]]:
     """`_said`, except that a row the pipeline refuses (`runtime.refuses`) fails alone: the
     rows scored, what the model said about them, and each refused row's 422, by row.
@@ -366,7 +370,8 @@ def _said_apart(
     One call when every row scores, as before. Only when it raises is the part split in
     halves, each scored on its own, down to the rows that fail: a few calls for one bad row
     among thousands, 2n - 1 when every row fails. What the halves said is kept, so no row is
-    scored twice once it has scored.
+    scored twice once it has scored. `check` (a CPU budget) is called before each split, so
+    a batch of hostile rows costs at most the budget.
     """
     try:
         return list(range(n)), _said(model, columns, n), {}
@@ -376,7 +381,7 @@ def _said_apart(
         first = exc
     parts: list[tuple[list[int], _Said]] = []
     refused: dict[int, InvalidInput] = {}
-    _bisect(model, columns, list(range(n)), first, parts, refused)
+    _bisect(model, columns, list(range(n)), first, parts, refused, check)
     problem = next(iter(refused.values())).message if refused else ""
     logger.warning(
         "model %s/%s refused %d of %d rows of a batch, first: %s",
@@ -403,6 +408,7 @@ def _bisect(
     exc: Exception,
     parts: list[tuple[list[int], _Said]],
     refused: dict[int, InvalidInput],
+    check: Callable[[str], None] | None,
 ) -> None:
     """Score the halves of `rows`, which failed together with `exc`, down to the rows that
     fail alone; what scored goes to `parts` in row order."""
@@ -411,6 +417,8 @@ def _bisect(
         observation = {name: column[k] for name, column in columns.items()}
         refused[k] = model.refusal(observation, exc, log=False)
         return
+    if check is not None:
+        check(f"finding the rows version {model.version} refuses")
     middle = len(rows) // 2
     for half in (rows[:middle], rows[middle:]):
         try:
@@ -418,7 +426,7 @@ def _bisect(
         except Exception as again:
             if not refuses(again):
                 raise
-            _bisect(model, columns, half, again, parts, refused)
+            _bisect(model, columns, half, again, parts, refused, check)
 
 
 def shadow_scores(model: LoadedModel, rows: Rows, results: Results) -> list[dict[str, Any]]:
