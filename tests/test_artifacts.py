@@ -261,3 +261,34 @@ def test_a_packaged_arrow_frame_scores_and_names_a_value_outside_the_categories(
         },
         {"field": "observation.grade", "problem": "expected one of [1, 2, 3], got 7"},
     ]
+
+
+def test_a_refused_dtype_writes_no_file_and_leaves_an_earlier_model_as_it_was(tmp_path: Path):
+    import pyarrow as pa
+
+    folder = tmp_path / "model"
+    frame = python_frame()
+    artifacts.write_model(folder, LogisticRegression(), frame, {"name": "t", "version": "1"})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    when = pd.Series(pd.array([None] * len(frame), dtype=pd.ArrowDtype(pa.timestamp("s"))))
+    refused = frame.assign(when=when)
+    with pytest.raises(artifacts.NotPortable, match="column 'when'"):
+        artifacts.write_model(folder, LogisticRegression(), refused, {"name": "t", "version": "2"})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    with pytest.raises(artifacts.NotPortable):
+        artifacts.write_model(fresh, LogisticRegression(), refused, {"name": "t"})
+    assert not fresh.exists() or not any(fresh.iterdir())
+
+
+def test_categorical_dtypes_pickle_alike_whether_columns_share_one_or_not(tmp_path: Path):
+    shared = pd.CategoricalDtype([1, 2, 3])
+    values = [1, 2, 3, 1]
+    one = pd.DataFrame({"a": pd.Series(values, dtype=shared), "b": pd.Series(values, dtype=shared)})
+    two = pd.DataFrame(
+        {
+            "a": pd.Series(values, dtype=pd.CategoricalDtype([1, 2, 3])),
+            "b": pd.Series(values, dtype=pd.CategoricalDtype([1, 2, 3])),
+        }
+    )
+    assert written_dtypes(tmp_path / "one", one) == written_dtypes(tmp_path / "two", two)

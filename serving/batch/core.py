@@ -24,7 +24,7 @@ from serving.decisions.experiments import Experiments
 from serving.decisions.lifecycle import Lifecycle
 from serving.errors import InvalidInput, ServiceError, detail
 from serving.model.registry import Registry
-from serving.model.runtime import LoadedModel
+from serving.model.runtime import LoadedModel, refuses
 from serving.store.predictions import (
     NewPredictions,
     canonical_json_each,
@@ -278,10 +278,10 @@ def prepare(
             for name, column in checked.columns.items()
         }
         targets = group.positions if whole else [group.positions[j] for j in valid]
-        _score(results, model, group.route, columns, targets)
+        scored = _score(results, model, group.route, columns, targets, check)
         if check is not None:
             check(f"scoring the rows of version {model.version}")
-        results.positions.extend(targets)
+        results.positions.extend(scored)
     results.positions.sort()
     stamp = utcnow()
     results.created_at = iso(stamp)
@@ -328,9 +328,17 @@ def _score(
     route: routing.Route,
     columns: dict[str, list[Any]],
     targets: list[int],
-) -> None:
-    """Score one model's valid rows and write what it said into the rows at `targets`."""
-    said = _said(model, columns, len(targets))
+    check: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Score one model's valid rows and write what it said into the rows at `targets`; the
+    rows its pipeline refuses get their error instead. Returns the positions scored."""
+    scored, said, refused = _said_apart(model, columns, len(targets), check)
+    for k, error in refused.items():
+        results.errors[targets[k]] = error
+        results.warnings[targets[k]] = []
+    if refused:
+        columns = _pick(columns, scored)
+        targets = [targets[k] for k in scored]
     observations = canonical_json_rows(columns, len(targets))
     for k, i in enumerate(targets):
         results.versions[i] = model.version
@@ -343,6 +351,82 @@ def _score(
         results.ab_test[i] = route.ab_test
         results.arm[i] = route.arm
         results.observations[i] = observations[k]
+    return targets
+
+
+def _pick(columns: dict[str, list[Any]], rows: list[int]) -> dict[str, list[Any]]:
+    return {name: [column[k] for k in rows] for name, column in columns.items()}
+
+
+def _said_apart(
+    model: LoadedModel,
+    columns: dict[str, list[Any]],
+    n: int,
+    check: Callable[[str], None] | None = None,
+) -> tuple[list[int], _Said, dict[int, InvalidInput]]:
+    """`_said`, except that a row the pipeline refuses (`runtime.refuses`) fails alone: the
+    rows scored, what the model said about them, and each refused row's 422, by row.
+
+    One call when every row scores, as before. Only when it raises is the part split in
+    halves, each scored on its own, down to the rows that fail: a few calls for one bad row
+    among thousands, 2n - 1 when every row fails. What the halves said is kept, so no row is
+    scored twice once it has scored. `check` (a CPU budget) is called before each split, so
+    a batch of hostile rows costs at most the budget.
+    """
+    try:
+        return list(range(n)), _said(model, columns, n), {}
+    except Exception as exc:
+        if not refuses(exc):
+            raise
+        first = exc
+    parts: list[tuple[list[int], _Said]] = []
+    refused: dict[int, InvalidInput] = {}
+    _bisect(model, columns, list(range(n)), first, parts, refused, check)
+    problem = next(iter(refused.values())).message if refused else ""
+    logger.warning(
+        "model %s/%s refused %d of %d rows of a batch, first: %s",
+        model.endpoint,
+        model.version,
+        len(refused),
+        n,
+        problem,
+    )
+    scored = [k for rows, _ in parts for k in rows]
+    said = _Said(
+        *(
+            [value for _, part in parts for value in getattr(part, f.name)]
+            for f in dataclasses.fields(_Said)
+        )
+    )
+    return scored, said, refused
+
+
+def _bisect(
+    model: LoadedModel,
+    columns: dict[str, list[Any]],
+    rows: list[int],
+    exc: Exception,
+    parts: list[tuple[list[int], _Said]],
+    refused: dict[int, InvalidInput],
+    check: Callable[[str], None] | None,
+) -> None:
+    """Score the halves of `rows`, which failed together with `exc`, down to the rows that
+    fail alone; what scored goes to `parts` in row order."""
+    if len(rows) == 1:
+        [k] = rows
+        observation = {name: column[k] for name, column in columns.items()}
+        refused[k] = model.refusal(observation, exc, log=False)
+        return
+    if check is not None:
+        check(f"finding the rows version {model.version} refuses")
+    middle = len(rows) // 2
+    for half in (rows[:middle], rows[middle:]):
+        try:
+            parts.append((half, _said(model, _pick(columns, half), len(half))))
+        except Exception as again:
+            if not refuses(again):
+                raise
+            _bisect(model, columns, half, again, parts, refused, check)
 
 
 def shadow_scores(model: LoadedModel, rows: Rows, results: Results) -> list[dict[str, Any]]:
@@ -361,7 +445,9 @@ def shadow_scores(model: LoadedModel, rows: Rows, results: Results) -> list[dict
     if not valid:
         return []
     columns = {name: [column[j] for j in valid] for name, column in checked.columns.items()}
-    said = _said(model, columns, len(valid))
+    # A row the shadow's pipeline refuses is skipped, as one its schema refuses is.
+    scored, said, _ = _said_apart(model, columns, len(valid))
+    valid = [valid[k] for k in scored]
     return [
         {
             "prediction_id": results.row_ids[positions[j]],

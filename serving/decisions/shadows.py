@@ -87,12 +87,14 @@ class Shadows:
                     clean, _ = model.schema.validate(
                         observation, reject_surprises=model.rejects_surprises
                     )
+                    # A value its pipeline refuses is skipped as one its schema refuses is,
+                    # and the next shadow still scores.
+                    [score] = scorer.score(model, [clean])
                 except ServiceError as refused:
                     logger.info(
                         "shadow %s/%s skipped an observation: %s", endpoint, version, refused
                     )
                     continue
-                [score] = scorer.score(model, [clean])
                 self._writer.submit([_score_row(p.id, model, score) for p in rows])
         except Exception:
             logger.exception("shadow scoring failed for endpoint %s; the answer stands", endpoint)

@@ -2,6 +2,7 @@
 
 import functools
 import hashlib
+import io
 import json
 import pickle
 import platform
@@ -68,8 +69,7 @@ def library_versions(format: Format = "pickle") -> dict[str, str]:
 
 def write_json(path: Path, content: object) -> None:
     """Write JSON with a stable layout so that reruns produce identical bytes."""
-    text = json.dumps(content, indent=2, sort_keys=False, allow_nan=False)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+    Path(path).write_bytes(_json_bytes(content))
 
 
 class NotPortable(ValueError):
@@ -143,11 +143,16 @@ def _portable(column: Any, dtype: Any, category: bool = False) -> Any:
     if isinstance(dtype, pd.CategoricalDtype) and dtype.categories is not None:
         categories = dtype.categories
         if isinstance(categories.dtype, (pd.StringDtype, pd.ArrowDtype, *_MASKED)):
-            categories = pd.Index(
+            values, storage = (
                 categories.to_numpy(dtype=object),
-                dtype=_portable(column, categories.dtype, category=True),
+                _portable(column, categories.dtype, category=True),
             )
-        return pd.CategoricalDtype(categories, ordered=dtype.ordered)
+        else:
+            values, storage = categories.to_numpy(copy=True), categories.dtype
+        # Always a new Index, numeric categories too: two columns sharing one dtype would
+        # otherwise share its Index, which pickles as a back-reference, and the bytes would
+        # differ from two equal dtypes of their own.
+        return pd.CategoricalDtype(pd.Index(values, dtype=storage), ordered=dtype.ordered)
     return dtype
 
 
@@ -193,25 +198,42 @@ def write_model(
     With format="skops" the pipeline goes to pipeline.skops and model.json's `skops_trusted`
     lists exactly the types skops reports as untrusted (SkopsRefused when one of them could
     never be trusted).
+
+    Every file is built in memory before the first is written, so whatever refuses (a
+    dtype that is NotPortable, an untrusted skops type, a pipeline that cannot be pickled,
+    metadata that is not JSON) leaves out_dir as it was: no empty dtypes.pickle beside a
+    new pipeline and an older model.json.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if format == "skops":
-        data, untrusted = skops_format.dumps(pipeline)
+        pipeline_data, untrusted = skops_format.dumps(pipeline)
         pipeline_file = SKOPS_FILE
-        (out_dir / pipeline_file).write_bytes(data)
         metadata = {**metadata, skops_format.TRUSTED_KEY: untrusted}
     else:
         pipeline_file = PIPELINE_FILE
-        joblib.dump(pipeline, out_dir / pipeline_file)
-    with open(out_dir / DTYPES_FILE, "wb") as handle:
-        pickle.dump(portable_dtypes(X.dtypes), handle)
-    write_json(out_dir / COLUMNS_FILE, list(X.columns))
+        buffer = io.BytesIO()
+        # The same bytes joblib writes to a file (checked: identical digests).
+        joblib.dump(pipeline, buffer)
+        pipeline_data = buffer.getvalue()
+    files = {
+        pipeline_file: pipeline_data,
+        DTYPES_FILE: pickle.dumps(portable_dtypes(X.dtypes)),
+        COLUMNS_FILE: _json_bytes(list(X.columns)),
+    }
     # Every file the service reads is pinned (the service checks them before unpickling);
     # pipeline_sha256 stays for readers that know only the pipeline's pin.
-    digests = {
-        name: sha256_file(out_dir / name) for name in (pipeline_file, DTYPES_FILE, COLUMNS_FILE)
-    }
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     model = {**metadata, "pipeline_sha256": digests[pipeline_file], "sha256": digests}
-    write_json(out_dir / MODEL_FILE, model)
+    files[MODEL_FILE] = _json_bytes(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # model.json last: a folder whose writing stopped half-way (a full disk) has no pins
+    # that vouch for the files before it.
+    for name, data in files.items():
+        (out_dir / name).write_bytes(data)
     return model
+
+
+def _json_bytes(content: object) -> bytes:
+    """`content` as `write_json` writes it."""
+    text = json.dumps(content, indent=2, sort_keys=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")

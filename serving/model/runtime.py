@@ -27,6 +27,7 @@ from serving.compiled import (
     reference_rows,
     verify,
 )
+from serving.errors import InvalidInput, detail
 from serving.model import dtypes_pickle, skops_format
 from serving.model.digests import MODEL_FILES, DigestError, check_folder_pins, sha256_hex
 from serving.model.schema import STRING, InputSchema
@@ -49,6 +50,47 @@ FAST_PATH_TOLERANCE = 1e-6
 
 class ModelLoadError(Exception):
     """A model folder that cannot be served; the message names the folder and the problem."""
+
+
+# The longest piece of a pipeline's own message an error repeats (sklearn's NaN message runs
+# to 600 characters of advice meant for whoever trains the model).
+_PROBLEM_CHARS = 200
+
+
+# Words of a pipeline's message about missing values (NaN from numpy, pandas.NA from the
+# nullable Int64 and Float64 dtypes): the fields holding nulls are then the ones to name.
+_ABOUT_MISSING = ("nan", "missing", "pandas.na", "null")
+
+
+def refuses(exc: BaseException) -> bool:
+    """Whether a pipeline's exception is about the values it was given (NaN where no imputer
+    waits, an unknown category, a text its encoder cannot take) rather than about the model.
+
+    ValueError and TypeError are what scikit-learn raises for inputs it cannot take. A model
+    broken for every input raises anything else (AttributeError for a version mismatch,
+    ImportError, MemoryError) and stays a 500, except NotFittedError, which is a ValueError
+    too but says the model itself cannot score. A pipeline that raises ValueError for every
+    row (say, no imputer while every row holds a null) is still answered row by row with a
+    422: the rows are what it refuses, and start-up and `serving.package` have checked that
+    it scores rows built from its training data.
+    """
+    return isinstance(exc, ValueError | TypeError) and not isinstance(exc, NotFittedError)
+
+
+def _problem(exc: BaseException) -> str:
+    """The first line of a pipeline's message, no traceback: its first sentence when the
+    line is long, cut to _PROBLEM_CHARS at most."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if not first:
+        return type(exc).__name__
+    if len(first) > _PROBLEM_CHARS and ". " in first:
+        first = first[: first.index(". ") + 1]
+    return first if len(first) <= _PROBLEM_CHARS else first[: _PROBLEM_CHARS - 3] + "..."
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 class Score(NamedTuple):
@@ -356,6 +398,40 @@ class LoadedModel:
             if str(value) == str(label):
                 return label
         return None
+
+    def refusal(
+        self, observation: Mapping[str, Any], exc: BaseException, log: bool = True
+    ) -> InvalidInput:
+        """The 422 for one validated observation this model's pipeline raised `exc` on (see
+        `refuses`): it names the fields holding nulls when the pipeline's message is about
+        missing values, else the whole observation, and repeats the pipeline's own message,
+        trimmed. With `log`, logged at WARNING (with the request id, as every line written
+        while a request is handled); a batch logs its refusals once instead."""
+        problem = _problem(exc)
+        fields = [name for name in self.columns if _missing(observation.get(name))]
+        about_missing = any(word in problem.lower() for word in _ABOUT_MISSING)
+        if fields and about_missing:
+            details = [
+                detail(f"observation.{name}", f"null, which this model cannot take: {problem}")
+                for name in fields
+            ]
+        else:
+            details = [detail("observation", f"the model cannot score it: {problem}")]
+        if log:
+            logger.warning(
+                "model %s/%s refused an observation: %s: %s",
+                self.endpoint,
+                self.version,
+                type(exc).__name__,
+                problem,
+                extra={"fields": [d["field"] for d in details]},
+            )
+        names = ", ".join(d["field"] for d in details)
+        return InvalidInput(
+            f"The model cannot score this observation ({names}): {problem.rstrip('.')}. "
+            "Nothing was stored.",
+            details,
+        )
 
     def info(self) -> dict[str, Any]:
         """What the API shows about this model."""

@@ -23,11 +23,23 @@ class Scorer:
         self._batchers: dict[int, MicroBatcher[dict[str, Any], Score]] = {}
 
     def score(self, model: LoadedModel, observations: Sequence[dict[str, Any]]) -> list[Score]:
-        """Score validated observations with one model version, in input order."""
-        if len(observations) >= self._max_batch:
-            # Already a batch: queueing it behind single requests would only add latency.
-            return model.predict(observations)
-        return self._batcher(model).submit(observations)
+        """Score validated observations with one model version, in input order.
+
+        A lone observation the pipeline refuses (`runtime.refuses`: NaN where no imputer
+        waits, say) raises the 422 `LoadedModel.refusal` names its fields in; the batcher
+        has already scored the other callers it met without it.
+        """
+        try:
+            if len(observations) >= self._max_batch:
+                # Already a batch: queueing it behind single requests would only add latency.
+                return model.predict(observations)
+            return self._batcher(model).submit(observations)
+        except Exception as exc:
+            from serving.model.runtime import refuses
+
+            if len(observations) == 1 and refuses(exc):
+                raise model.refusal(observations[0], exc) from exc
+            raise
 
     def _batcher(self, model: LoadedModel) -> MicroBatcher[dict[str, Any], Score]:
         batcher = self._batchers.get(id(model))

@@ -1,0 +1,207 @@
+"""Rows the schema accepts but the model's own pipeline cannot score: a 422 naming the field,
+never a 500, and in a batch only the refused rows fail."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from serving.store.tables import Prediction
+from tests.conftest import _tiny_frame, make_app, write_model
+
+PREDICT = "/api/v1/raw/predict"
+GOOD = {"x": 0.3, "k": 2, "color": "red"}
+# x is a float column, so the schema takes null for it; the pipeline has no imputer.
+BAD = {"x": None, "k": 2, "color": "red"}
+
+
+def fit_without_imputer(folder: Path, nullable: bool = False) -> Path:
+    """A binary model whose numeric columns go straight to the estimator: NaN is an error.
+    With `nullable`, k is pandas' Int64, whose nulls reach the pipeline as pandas.NA."""
+    frame = _tiny_frame()
+    if nullable:
+        frame["k"] = frame["k"].astype("Int64")
+    target = (frame["x"] > 0.2).astype(int)
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [
+                ("num", "passthrough", ["x", "k"]),
+                ("cat", OneHotEncoder(handle_unknown="ignore"), ["color"]),
+            ]
+        ),
+        LogisticRegression(),
+    ).fit(frame, target)
+    metadata = {"name": folder.parent.name, "version": "1", "initial_status": "production"}
+    return write_model(folder, pipeline, frame, metadata)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path):
+    root = tmp_path / "models"
+    fit_without_imputer(root / "raw" / "1")
+    fit_without_imputer(root / "nullable" / "1", nullable=True)
+    # A wait long enough that concurrent requests meet in one micro-batch.
+    application = make_app(database_url, root, micro_batch_max_wait_ms=200.0)
+    yield application
+    from serving.store.database import close_all
+
+    close_all()
+
+
+def stored_ids() -> list[str]:
+    return sorted(p.observation_id for p in Prediction.select())
+
+
+def test_a_null_the_pipeline_cannot_take_is_a_422_naming_the_field(app, client, caplog):
+    with caplog.at_level(logging.WARNING, logger="serving.model.runtime"):
+        response = client.post(
+            PREDICT, json={"id": "bad", "observation": BAD}, headers={"X-Request-ID": "req-7"}
+        )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    body = response.get_json()
+    assert [d["field"] for d in body["details"]] == ["observation.x"]
+    assert "Input X contains NaN" in body["details"][0]["problem"]
+    assert "observation.x" in body["error"] and "Traceback" not in body["error"]
+    # The pipeline's advice to whoever trains the model is trimmed away.
+    assert len(body["error"]) < 300
+    warned = [r for r in caplog.records if "refused an observation" in r.getMessage()]
+    assert warned and warned[0].levelno == logging.WARNING
+    with app.app_context():
+        assert stored_ids() == []
+    # The same model still answers a complete observation.
+    assert client.post(PREDICT, json={"id": "good", "observation": GOOD}).status_code == 200
+
+
+def test_a_null_in_a_nullable_integer_column_is_a_422_naming_it(app, client):
+    observation = {"x": 0.3, "k": None, "color": "red"}
+    response = client.post("/api/v1/nullable/predict", json={"id": 1, "observation": observation})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    [problem] = response.get_json()["details"]
+    assert problem["field"] == "observation.k" and "pandas.NA" in problem["problem"]
+    with app.app_context():
+        assert stored_ids() == []
+
+
+def test_v2_infer_answers_a_refused_row_as_an_invalid_input(app, client):
+    response = client.post(
+        "/v2/models/raw/infer",
+        json={
+            "inputs": [
+                {"name": name, "datatype": datatype, "shape": [1], "data": [BAD[name]]}
+                for name, datatype in (("x", "FP64"), ("k", "INT64"), ("color", "BYTES"))
+            ]
+        },
+    )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "'x', row 0" in response.get_json()["error"]
+
+
+def test_a_refused_row_of_a_batch_fails_alone(app, client):
+    rows = [{"id": f"r{i}", "observation": GOOD} for i in range(6)]
+    rows[3] = {"id": "r3", "observation": BAD}
+    response = client.post("/api/v1/raw/predict/batch", json=rows)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    answer = response.get_json()
+    statuses = [r["status"] for r in answer["results"]]
+    assert statuses == [200, 200, 200, 422, 200, 200]
+    refused = answer["results"][3]
+    assert refused["observation_id"] == "r3"
+    assert [d["field"] for d in refused["details"]] == ["observation.x"]
+    assert answer["counts"]["invalid"] == 1 and answer["counts"]["stored"] == 5
+    with app.app_context():
+        assert stored_ids() == ["r0", "r1", "r2", "r4", "r5"]
+    # Each good row got the answer it gets alone.
+    alone = client.post(PREDICT, json={"id": "alone", "observation": GOOD}).get_json()
+    assert answer["results"][5]["proba"] == pytest.approx(alone["proba"], abs=1e-12)
+
+
+def test_a_batch_of_rows_all_refused_is_one_422_per_row(app, client):
+    rows = [{"id": f"r{i}", "observation": BAD} for i in range(5)]
+    answer = client.post("/api/v1/raw/predict/batch", json=rows).get_json()
+    assert [r["status"] for r in answer["results"]] == [422] * 5
+    with app.app_context():
+        assert stored_ids() == []
+
+
+def test_a_refused_request_in_a_micro_batch_fails_alone(app, client):
+    gate = threading.Barrier(8)
+
+    def call(i: int):
+        observation = BAD if i == 5 else GOOD
+        gate.wait()
+        return app.test_client().post(PREDICT, json={"id": f"c{i}", "observation": observation})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(call, range(8)))
+    assert [r.status_code for r in responses] == [200] * 5 + [422] + [200] * 2
+    assert responses[5].get_json()["details"][0]["field"] == "observation.x"
+    scorer = app.extensions["scorer"]
+    batcher = next(iter(scorer._batchers.values()))
+    # Met others in a batch at least once (else this test proves nothing about isolation).
+    assert batcher.batches < 8
+    with app.app_context():
+        assert stored_ids() == [f"c{i}" for i in range(8) if i != 5]
+
+
+def test_flask_score_answers_a_refused_row_in_the_output(app, tmp_path):
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    source.write_text("id,x,k,color\na,0.3,2,red\nb,,2,red\nc,-1.5,1,blue\n")
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["score", str(source), str(output), "--endpoint", "raw"])
+    assert result.exit_code == 0, result.output
+    with output.open(newline="", encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    assert [(line["id"], line["status"]) for line in lines] == [
+        ("a", "200"),
+        ("b", "422"),
+        ("c", "200"),
+    ]
+    assert lines[1]["details"].startswith("observation.x: null, which this model cannot take")
+    assert "2 answered (2 stored, 0 replayed), 1 invalid" in result.output
+    with app.app_context():
+        assert stored_ids() == ["a", "c"]
+
+
+def test_a_model_broken_for_every_input_is_still_a_server_error(app, client):
+    """An AttributeError (a pipeline pickled by another scikit-learn, say) is not the
+    observation's fault: it stays a 500, and is not blamed on a field."""
+    model = app.extensions["registry"].find("raw", "1")
+
+    def broken(frame):
+        raise AttributeError("'LogisticRegression' object has no attribute 'multi_class'")
+
+    model.pipeline.predict_proba = broken
+    response = client.post(PREDICT, json={"id": "g", "observation": GOOD})
+    assert response.status_code == 500
+    assert json.dumps(response.get_json()).count("multi_class") == 0
+
+
+def test_finding_the_refused_rows_of_a_hostile_batch_stops_at_the_cpu_budget(
+    database_url: str, tmp_path: Path
+):
+    """Every row refused costs 2n - 1 scoring calls to find: BATCH_CPU_SECONDS bounds them
+    (413, nothing stored) rather than letting one request spend seconds of CPU."""
+    root = tmp_path / "models"
+    fit_without_imputer(root / "raw" / "1")
+    app = make_app(database_url, root, batch_cpu_seconds=0.5)
+    try:
+        rows = [{"id": f"r{i}", "observation": BAD} for i in range(2000)]
+        response = app.test_client().post("/api/v1/raw/predict/batch", json=rows)
+        assert response.status_code == 413, response.get_data(as_text=True)[:300]
+        assert "finding the rows version 1 refuses" in json.dumps(response.get_json())
+        with app.app_context():
+            assert stored_ids() == []
+    finally:
+        from serving.store.database import close_all
+
+        close_all()
