@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from serving.batch.files import Checkpoint
 from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT, make_app, using_postgres
 from tests.environment import clean_environ
+from tests.pools import only_connection_held
 
 TITANIC = REPO_ROOT / "data" / "titanic.csv"
 
@@ -254,27 +254,11 @@ def test_a_database_with_no_connection_free_is_a_failure_to_run_again(
     """Every pooled connection busy while the command migrates: a sentence saying so and that
     running again resumes (was the pool's own exception, uncaught), never an HTTP client's
     'retry the request with the same id'."""
-    from serving.store.database import db
-
     source, output = tmp_path / "in.csv", tmp_path / "out.csv"
     passengers(source, 20)
     app = _unloaded_app(database_url, tmp_path, db_pool_size=1, db_pool_wait_seconds=0.3)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_only_connection() -> None:
-        db.connect(reuse_if_open=True)
-        holding.set()
-        release.wait(30)
-        db.close()
-
-    holder = threading.Thread(target=hold_the_only_connection)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with only_connection_held():
         result = _score_in_process(app, source, output, engine)
-    finally:
-        release.set()
-        holder.join(30)
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     error = result.output.strip().splitlines()[-1]
@@ -288,19 +272,10 @@ def test_a_database_with_no_connection_free_is_a_failure_to_run_again(
     # same pool: the command line's sentence too, not the HTTP answer's advice.
     from serving.batch import render
     from serving.errors import Unavailable
-    from serving.store.database import run_with_retry
+    from serving.store.database import db, run_with_retry
 
-    holder = threading.Thread(target=hold_the_only_connection)
-    holding.clear()
-    release.clear()
-    holder.start()
-    try:
-        assert holding.wait(10)
-        with app.app_context(), pytest.raises(Unavailable) as busy:
-            run_with_retry(lambda: db.execute_sql("SELECT 1"))
-    finally:
-        release.set()
-        holder.join(30)
+    with only_connection_held(), app.app_context(), pytest.raises(Unavailable) as busy:
+        run_with_retry(lambda: db.execute_sql("SELECT 1"))
     assert render.database_failure(busy.value, "worker tcp://w") == (
         "no database connection was free from worker tcp://w within DB_POOL_WAIT_SECONDS "
         "(all DB_POOL_SIZE of them stayed busy), so nothing was stored"

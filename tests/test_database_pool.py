@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 from serving import create_app
-from serving.store.database import db
 from serving.store.tables import Prediction
 from tests.conftest import REPO_ROOT
+from tests.pools import only_connection_held
 from tests.samples import PASSENGER
 
 
@@ -25,18 +24,7 @@ def test_a_request_that_finds_every_connection_busy_gets_503_and_stores_nothing(
             "db_pool_wait_seconds": 0.5,
         }
     )
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_only_connection() -> None:
-        db.connect(reuse_if_open=True)
-        holding.set()
-        release.wait(30)
-        db.close()
-
-    holder = threading.Thread(target=hold_the_only_connection)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with only_connection_held():
         started = time.monotonic()
         answer = app.test_client().post(
             "/predict", data=json.dumps({"id": "busy", "observation": PASSENGER})
@@ -47,9 +35,6 @@ def test_a_request_that_finds_every_connection_busy_gets_503_and_stores_nothing(
         assert waited < 0.5 + 1.0
         assert int(answer.headers["Retry-After"]) >= 1
         assert "connection" in answer.get_json()["error"]
-    finally:
-        release.set()
-        holder.join(30)
     with app.app_context():
         assert Prediction.select().where(Prediction.observation_id == "busy").count() == 0
     retried = app.test_client().post(
