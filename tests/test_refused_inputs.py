@@ -186,21 +186,188 @@ def test_a_model_broken_for_every_input_is_still_a_server_error(app, client):
     assert json.dumps(response.get_json()).count("multi_class") == 0
 
 
-def test_finding_the_refused_rows_of_a_hostile_batch_stops_at_the_cpu_budget(
-    database_url: str, tmp_path: Path
-):
-    """Every row refused costs 2n - 1 scoring calls to find: BATCH_CPU_SECONDS bounds them
-    (413, nothing stored) rather than letting one request spend seconds of CPU."""
+def fit_strict_categories(folder: Path) -> Path:
+    """A binary model that imputes its numbers but refuses a color it never saw
+    (OneHotEncoder(handle_unknown="error")): a string column, so the schema takes any text."""
+    from sklearn.impute import SimpleImputer
+
+    frame = _tiny_frame()
+    target = (frame["x"] > 0.2).astype(int)
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [
+                ("num", SimpleImputer(), ["x", "k"]),
+                ("cat", OneHotEncoder(handle_unknown="error"), ["color"]),
+            ]
+        ),
+        LogisticRegression(),
+    ).fit(frame, target)
+    metadata = {"name": folder.parent.name, "version": "1", "initial_status": "production"}
+    return write_model(folder, pipeline, frame, metadata)
+
+
+@pytest.fixture
+def budgeted(database_url: str, tmp_path: Path):
+    """Both models behind a CPU budget of half a second per batch."""
     root = tmp_path / "models"
     fit_without_imputer(root / "raw" / "1")
-    app = make_app(database_url, root, batch_cpu_seconds=0.5)
+    fit_strict_categories(root / "strict" / "1")
+    application = make_app(database_url, root, batch_cpu_seconds=0.5)
+    yield application
+    from serving.store.database import close_all
+
+    close_all()
+
+
+def test_a_batch_whose_every_row_holds_the_refused_null_is_answered_row_by_row(budgeted):
+    """Rows holding nulls in the same columns are refused together, in a few calls, not
+    split 2n - 1 times: well within a budget that splitting would spend many times over."""
+    rows = [{"id": f"r{i}", "observation": BAD} for i in range(2000)]
+    rows[7] = {"id": "r7", "observation": GOOD}
+    response = budgeted.test_client().post("/api/v1/raw/predict/batch", json=rows)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    answer = response.get_json()
+    assert [r["status"] for r in answer["results"]].count(422) == 1999
+    assert answer["results"][7]["status"] == 200
+    assert {d["field"] for r in answer["results"] if r["status"] == 422 for d in r["details"]} == {
+        "observation.x"
+    }
+    with budgeted.app_context():
+        assert stored_ids() == ["r7"]
+
+
+def test_finding_the_refused_rows_of_a_hostile_batch_stops_at_the_cpu_budget(budgeted):
+    """Rows refused for something other than a null are found by splitting, 2n - 1 calls
+    when all are: BATCH_CPU_SECONDS bounds them (413, nothing stored)."""
+    rows = [
+        {"id": f"r{i}", "observation": {"x": 0.1, "k": 1, "color": f"mauve-{i}"}}
+        for i in range(2000)
+    ]
+    response = budgeted.test_client().post("/api/v1/strict/predict/batch", json=rows)
+    assert response.status_code == 413, response.get_data(as_text=True)[:300]
+    assert "finding the rows version 1 refuses" in json.dumps(response.get_json())
+    with budgeted.app_context():
+        assert stored_ids() == []
+
+
+def test_a_null_is_not_blamed_for_a_refusal_about_something_else(budgeted):
+    # The pipeline imputes x; it refuses the color. Its message mentions neither NaN nor
+    # missing values, so the observation is named, not the null field.
+    client = budgeted.test_client()
+    response = client.post(
+        "/api/v1/strict/predict",
+        json={"id": "u", "observation": {"x": None, "k": 1, "color": "banana"}},
+    )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert [d["field"] for d in response.get_json()["details"]] == ["observation"]
+    assert "banana" in response.get_json()["details"][0]["problem"]
+    assert (
+        client.post(
+            "/api/v1/strict/predict",
+            json={"id": "n", "observation": {"x": None, "k": 1, "color": "red"}},
+        ).status_code
+        == 200
+    )
+
+
+# Switched on once the pipeline below is fitted: from then on it raises ValueError for every
+# input, as a pipeline does whose own state is broken (a file it reads gone, say).
+_BROKEN = {"on": False}
+
+
+def _breaks_when_switched_on(frame):
+    if _BROKEN["on"]:
+        raise ValueError("could not convert the lookup table: it is empty")
+    return frame
+
+
+def test_a_model_that_refuses_every_input_answers_500(database_url, tmp_path, caplog):
+    """A pipeline raising ValueError for any input, its typical training row included, is
+    broken, not refusing the client's observation: 500 and an ERROR line, never a 422."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    from serving.model.profile import profile_frame
+
+    frame = _tiny_frame()
+    pipeline = make_pipeline(
+        FunctionTransformer(_breaks_when_switched_on, check_inverse=False),
+        ColumnTransformer(
+            [
+                ("num", "passthrough", ["x", "k"]),
+                ("cat", OneHotEncoder(handle_unknown="ignore"), ["color"]),
+            ]
+        ),
+        LogisticRegression(),
+    ).fit(frame, (frame["x"] > 0.2).astype(int))
+    root = tmp_path / "models"
+    metadata = {
+        "name": "broken",
+        "version": "1",
+        "initial_status": "production",
+        "profile": profile_frame(frame),
+    }
+    write_model(root / "broken" / "1", pipeline, frame, metadata)
+    app = make_app(database_url, root)
+    _BROKEN["on"] = True
     try:
-        rows = [{"id": f"r{i}", "observation": BAD} for i in range(2000)]
-        response = app.test_client().post("/api/v1/raw/predict/batch", json=rows)
-        assert response.status_code == 413, response.get_data(as_text=True)[:300]
-        assert "finding the rows version 1 refuses" in json.dumps(response.get_json())
+        with caplog.at_level(logging.ERROR, logger="serving.model.runtime"):
+            response = app.test_client().post(
+                "/api/v1/broken/predict", json={"id": "m", "observation": GOOD}
+            )
+        assert response.status_code == 500, response.get_data(as_text=True)
+        assert any("broken for every input" in r.getMessage() for r in caplog.records)
         with app.app_context():
             assert stored_ids() == []
+    finally:
+        _BROKEN["on"] = False
+        from serving.store.database import close_all
+
+        close_all()
+
+
+def test_a_shadow_skips_the_rows_its_pipeline_refuses_without_searching_them(
+    database_url, tmp_path
+):
+    """The answering version imputes x, its shadow cannot take a null there: a batch of such
+    rows is answered and stored, and the shadow skips them in a call or two per group of
+    rows (its scores are optional), not 2n - 1 calls spent after the answer."""
+    from tests.conftest import fit_tiny_model
+
+    root = tmp_path / "models"
+    fit_tiny_model(root / "mixed" / "1", version="1", initial_status="production")
+    folder = fit_without_imputer(root / "mixed" / "2")
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(
+        json.dumps({**meta, "version": "2", "initial_status": "testing"})
+    )
+    app = make_app(database_url, root, admin_token="t")
+    try:
+        client = app.test_client()
+        admin = {"Authorization": "Bearer t"}
+        assert client.put("/api/v1/mixed/shadows/2", headers=admin).status_code == 200
+        shadow = app.extensions["registry"].find("mixed", "2")
+        calls = []
+        original = shadow.pipeline.predict_proba
+
+        def counted(frame):
+            calls.append(len(frame))
+            return original(frame)
+
+        shadow.pipeline.predict_proba = counted
+        rows = [{"id": f"s{i}", "observation": BAD} for i in range(300)]
+        rows[10] = {"id": "s10", "observation": GOOD}
+        response = client.post("/api/v1/mixed/predict/batch", json=rows)
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        assert {r["status"] for r in response.get_json()["results"]} == {200}
+        # The whole batch, a typical row once (the model's first refusal: is it broken for
+        # every input?), then one call per group of rows with the same nulls.
+        assert sorted(calls) == [1, 1, 299, 300], calls
+        with app.app_context():
+            from serving.store.tables import ShadowScore
+
+            scored = [s.prediction_id for s in ShadowScore.select()]
+            ids = {p.id: p.observation_id for p in Prediction.select()}
+        assert [ids[i] for i in scored] == ["s10"]
     finally:
         from serving.store.database import close_all
 

@@ -24,7 +24,7 @@ from serving.decisions.experiments import Experiments
 from serving.decisions.lifecycle import Lifecycle
 from serving.errors import InvalidInput, ServiceError, detail
 from serving.model.registry import Registry
-from serving.model.runtime import LoadedModel, refuses
+from serving.model.runtime import LoadedModel, about_missing
 from serving.store.predictions import (
     NewPredictions,
     canonical_json_each,
@@ -363,42 +363,113 @@ def _said_apart(
     columns: dict[str, list[Any]],
     n: int,
     check: Callable[[str], None] | None = None,
+    search: bool = True,
 ) -> tuple[list[int], _Said, dict[int, InvalidInput]]:
-    """`_said`, except that a row the pipeline refuses (`runtime.refuses`) fails alone: the
-    rows scored, what the model said about them, and each refused row's 422, by row.
+    """`_said`, except that a row the pipeline refuses (`LoadedModel.refuses_input`) fails
+    alone: the rows scored (ascending), what the model said about them, and each refused
+    row's 422, by row.
 
-    One call when every row scores, as before. Only when it raises is the part split in
-    halves, each scored on its own, down to the rows that fail: a few calls for one bad row
-    among thousands, 2n - 1 when every row fails. What the halves said is kept, so no row is
-    scored twice once it has scored. `check` (a CPU budget) is called before each split, so
-    a batch of hostile rows costs at most the budget.
+    One call when every row scores, as before. When it raises, the rows are grouped by which
+    columns hold a null, and each group is scored in one call. A group refused for its nulls
+    (the pipeline's message is about missing values) is refused whole: every row of it holds
+    the same nulls, so each would be refused alone. Any other group that fails is split in
+    halves, down to the rows that fail (a few calls for one bad row among thousands), or,
+    with `search` off (a shadow, whose scores are optional), skipped whole. `check` (a CPU
+    budget) is called before each further call, so hostile rows cost at most the budget.
     """
     try:
         return list(range(n)), _said(model, columns, n), {}
     except Exception as exc:
-        if not refuses(exc):
+        if not model.refuses_input(exc):
             raise
         first = exc
     parts: list[tuple[list[int], _Said]] = []
     refused: dict[int, InvalidInput] = {}
-    _bisect(model, columns, list(range(n)), first, parts, refused, check)
-    problem = next(iter(refused.values())).message if refused else ""
-    logger.warning(
-        "model %s/%s refused %d of %d rows of a batch, first: %s",
-        model.endpoint,
-        model.version,
-        len(refused),
-        n,
-        problem,
-    )
-    scored = [k for rows, _ in parts for k in rows]
-    said = _Said(
-        *(
-            [value for _, part in parts for value in getattr(part, f.name)]
-            for f in dataclasses.fields(_Said)
+    groups = _by_nulls(columns, n)
+    for nulls, rows in groups:
+        failure = first
+        if len(groups) > 1:
+            if check is not None:
+                check(f"finding the rows version {model.version} refuses")
+            try:
+                parts.append((rows, _said(model, _pick(columns, rows), len(rows))))
+                continue
+            except Exception as exc:
+                if not model.refuses_input(exc):
+                    raise
+                failure = exc
+        if not search or (nulls and _refused_for(model, columns, rows, nulls, failure, check)):
+            for k in rows:
+                refused[k] = model.refusal(_observation(columns, k), failure, log=False)
+        else:
+            _bisect(model, columns, rows, failure, parts, refused, check)
+    if refused:
+        logger.warning(
+            "model %s/%s refused %d of %d rows of a batch, first: %s",
+            model.endpoint,
+            model.version,
+            len(refused),
+            n,
+            refused[min(refused)].message,
         )
+    return (*_in_row_order(parts), refused)
+
+
+def _refused_for(
+    model: LoadedModel,
+    columns: dict[str, list[Any]],
+    rows: list[int],
+    nulls: frozenset[str],
+    failure: Exception,
+    check: Callable[[str], None] | None,
+) -> bool:
+    """Whether rows that hold nulls in the same columns, refused together with `failure`,
+    are each refused for those nulls: the pipeline says it cannot take missing values, and
+    the same rows with a typical value in place of every null score (a row refused for
+    something else, a value its transformers turn into NaN, say, still fails then)."""
+    typical = model.typical()
+    if typical is None or not about_missing(failure):
+        return False
+    filled = _pick(columns, rows)
+    for name in nulls:
+        filled[name] = [typical[name]] * len(rows)
+    if check is not None:
+        check(f"finding the rows version {model.version} refuses")
+    try:
+        _said(model, filled, len(rows))
+    except Exception as exc:
+        if not model.refuses_input(exc):
+            raise
+        return False
+    return True
+
+
+def _observation(columns: dict[str, list[Any]], k: int) -> dict[str, Any]:
+    return {name: column[k] for name, column in columns.items()}
+
+
+def _by_nulls(columns: dict[str, list[Any]], n: int) -> list[tuple[frozenset[str], list[int]]]:
+    """The rows grouped by the columns in which they hold a null, groups in order of their
+    first row."""
+    groups: dict[frozenset[str], list[int]] = {}
+    for k in range(n):
+        nulls = frozenset(name for name, column in columns.items() if _is_null(column[k]))
+        groups.setdefault(nulls, []).append(k)
+    return list(groups.items())
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _in_row_order(parts: list[tuple[list[int], _Said]]) -> tuple[list[int], _Said]:
+    """The rows the parts scored, ascending, and what was said of them in that order."""
+    scored = [(k, part, j) for rows, part in parts for j, k in enumerate(rows)]
+    scored.sort(key=lambda item: item[0])
+    said = _Said(
+        *([getattr(part, f.name)[j] for _, part, j in scored] for f in dataclasses.fields(_Said))
     )
-    return scored, said, refused
+    return [k for k, _, _ in scored], said
 
 
 def _bisect(
@@ -411,11 +482,10 @@ def _bisect(
     check: Callable[[str], None] | None,
 ) -> None:
     """Score the halves of `rows`, which failed together with `exc`, down to the rows that
-    fail alone; what scored goes to `parts` in row order."""
+    fail alone; what scored goes to `parts`."""
     if len(rows) == 1:
         [k] = rows
-        observation = {name: column[k] for name, column in columns.items()}
-        refused[k] = model.refusal(observation, exc, log=False)
+        refused[k] = model.refusal(_observation(columns, k), exc, log=False)
         return
     if check is not None:
         check(f"finding the rows version {model.version} refuses")
@@ -424,7 +494,7 @@ def _bisect(
         try:
             parts.append((half, _said(model, _pick(columns, half), len(half))))
         except Exception as again:
-            if not refuses(again):
+            if not model.refuses_input(again):
                 raise
             _bisect(model, columns, half, again, parts, refused, check)
 
@@ -446,7 +516,7 @@ def shadow_scores(model: LoadedModel, rows: Rows, results: Results) -> list[dict
         return []
     columns = {name: [column[j] for j in valid] for name, column in checked.columns.items()}
     # A row the shadow's pipeline refuses is skipped, as one its schema refuses is.
-    scored, said, _ = _said_apart(model, columns, len(valid))
+    scored, said, _ = _said_apart(model, columns, len(valid), search=False)
     valid = [valid[k] for k in scored]
     return [
         {

@@ -25,7 +25,7 @@ from serving.compiled.core import (
     register_estimator,
     register_transformer,
 )
-from serving.compiled.reference import reference_rows
+from serving.compiled.reference import reference_rows, typical_row
 from serving.compiled.verification import verify
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     "register_estimator",
     "register_transformer",
     "trees",
+    "typical_row",
     "verify",
 ]

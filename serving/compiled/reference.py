@@ -59,6 +59,17 @@ def reference_rows(
     return rows
 
 
+def typical_row(
+    columns: Sequence[str], dtypes: dict[str, Any], profile: dict | None, pipeline: Any
+) -> dict | None:
+    """The first of `reference_rows`: each column at a typical value the training data or
+    the fitted pipeline vouches for (no null). None when there is nothing to build it from."""
+    try:
+        return reference_rows(columns, dtypes, profile, pipeline)[0]
+    except NotCompilable:
+        return None
+
+
 def _known_values(field: Field, profiled: dict | None, hinted: list[Any]) -> list[Any]:
     """Values the training data or the fitted pipeline vouch for: numbers or strings."""
     values: list[Any] = []

@@ -89,7 +89,7 @@ class Shadows:
                     )
                     # A value its pipeline refuses is skipped as one its schema refuses is,
                     # and the next shadow still scores.
-                    [score] = scorer.score(model, [clean])
+                    [score] = scorer.score(model, [clean], log_refusal=False)
                 except ServiceError as refused:
                     logger.info(
                         "shadow %s/%s skipped an observation: %s", endpoint, version, refused

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from serving.compiled import (
     NotCompilable,
     compile_pipeline,
     reference_rows,
+    typical_row,
     verify,
 )
 from serving.errors import InvalidInput, detail
@@ -57,9 +59,15 @@ class ModelLoadError(Exception):
 _PROBLEM_CHARS = 200
 
 
-# Words of a pipeline's message about missing values (NaN from numpy, pandas.NA from the
-# nullable Int64 and Float64 dtypes): the fields holding nulls are then the ones to name.
-_ABOUT_MISSING = ("nan", "missing", "pandas.na", "null")
+# A pipeline's message about missing values (NaN from numpy, pandas.NA from the nullable
+# Int64 and Float64 dtypes): the fields holding nulls are then the ones to name. Whole words,
+# so that "Found unknown categories ['banana']" or "columns are missing" do not blame a null.
+_ABOUT_MISSING = re.compile(r"(?i:\bnan\b|\bpandas\.na\b|\bnull\b|missing values?)|\bNA\b")
+
+
+def about_missing(exc: BaseException) -> bool:
+    """Whether a pipeline's exception says it cannot take missing values."""
+    return _ABOUT_MISSING.search(str(exc)) is not None
 
 
 def refuses(exc: BaseException) -> bool:
@@ -69,10 +77,9 @@ def refuses(exc: BaseException) -> bool:
     ValueError and TypeError are what scikit-learn raises for inputs it cannot take. A model
     broken for every input raises anything else (AttributeError for a version mismatch,
     ImportError, MemoryError) and stays a 500, except NotFittedError, which is a ValueError
-    too but says the model itself cannot score. A pipeline that raises ValueError for every
-    row (say, no imputer while every row holds a null) is still answered row by row with a
-    422: the rows are what it refuses, and start-up and `serving.package` have checked that
-    it scores rows built from its training data.
+    too but says the model itself cannot score. `LoadedModel.refuses_input` asks one thing
+    more: that the model still scores a typical row, so that a model broken for every input
+    with a ValueError (its columns not the pipeline's, say) is not taken for a client's error.
     """
     return isinstance(exc, ValueError | TypeError) and not isinstance(exc, NotFittedError)
 
@@ -188,6 +195,12 @@ class LoadedModel:
         self.positive_class = positive if binary else None
         self._positive_index = self.classes.index(positive) if binary else None
         self.compiled: CompiledPipeline | None = None
+        # Whether the pipeline scores a typical row (None: not asked yet, or nothing to
+        # build one from); asked only once an input is refused.
+        self._scores_typical: bool | None = None
+        self._typical_asked = False
+        self._typical_row: dict[str, Any] | None = None
+        self._typical_built = False
         self.fast_path: dict[str, Any] = {"enabled": False, "reason": "not compiled"}
         self.rejects_surprises = metadata.get("out_of_range") == "reject"
         # The sha256 of each file the model was built from, as read (set by `load`).
@@ -399,6 +412,53 @@ class LoadedModel:
                 return label
         return None
 
+    def refuses_input(self, exc: BaseException) -> bool:
+        """Whether the pipeline raised `exc` because of the rows it was given (`refuses`),
+        and not because the model is broken: it still scores a typical row built from its
+        training profile (asked once, at the first refusal; a broken model is logged at
+        ERROR and its errors stay 500s)."""
+        if not refuses(exc):
+            return False
+        if not self._typical_asked:
+            self._typical_asked = True
+            self._scores_typical = self._check_typical()
+            if self._scores_typical is False:
+                logger.error(
+                    "model %s/%s cannot score even a typical row of its training data: it is "
+                    "broken for every input, and its errors are answered 500",
+                    self.endpoint,
+                    self.version,
+                    extra={"problem": _problem(exc)},
+                )
+        return self._scores_typical is not False
+
+    def typical(self) -> dict[str, Any] | None:
+        """A typical row of the training data (`compiled.typical_row`), built once; None when
+        there is nothing to build it from."""
+        if not self._typical_built:
+            try:
+                self._typical_row = typical_row(
+                    self.columns, self.dtypes, self.metadata.get("profile"), self.pipeline
+                )
+            except Exception:  # nothing to build it from, whatever the reason
+                self._typical_row = None
+            self._typical_built = True
+        return self._typical_row
+
+    def _check_typical(self) -> bool | None:
+        row = self.typical()
+        if row is None:  # no typical row to ask with: the refusal stands as the input's
+            return None
+        try:
+            frame = self.frame([row])
+            if self.classes:
+                self.pipeline.predict_proba(frame)
+            else:
+                self.pipeline.predict(frame)
+        except Exception:
+            return False
+        return True
+
     def refusal(
         self, observation: Mapping[str, Any], exc: BaseException, log: bool = True
     ) -> InvalidInput:
@@ -409,8 +469,7 @@ class LoadedModel:
         while a request is handled); a batch logs its refusals once instead."""
         problem = _problem(exc)
         fields = [name for name in self.columns if _missing(observation.get(name))]
-        about_missing = any(word in problem.lower() for word in _ABOUT_MISSING)
-        if fields and about_missing:
+        if fields and about_missing(exc):
             details = [
                 detail(f"observation.{name}", f"null, which this model cannot take: {problem}")
                 for name in fields

@@ -22,11 +22,17 @@ class Scorer:
         self._lock = threading.Lock()
         self._batchers: dict[int, MicroBatcher[dict[str, Any], Score]] = {}
 
-    def score(self, model: LoadedModel, observations: Sequence[dict[str, Any]]) -> list[Score]:
+    def score(
+        self,
+        model: LoadedModel,
+        observations: Sequence[dict[str, Any]],
+        log_refusal: bool = True,
+    ) -> list[Score]:
         """Score validated observations with one model version, in input order.
 
-        A lone observation the pipeline refuses (`runtime.refuses`: NaN where no imputer
-        waits, say) raises the 422 `LoadedModel.refusal` names its fields in; the batcher
+        A lone observation the pipeline refuses (`LoadedModel.refuses_input`: NaN where no
+        imputer waits, say) raises the 422 `LoadedModel.refusal` names its fields in (logged
+        unless `log_refusal` is off, as for a shadow, which logs its own skip); the batcher
         has already scored the other callers it met without it.
         """
         try:
@@ -35,10 +41,8 @@ class Scorer:
                 return model.predict(observations)
             return self._batcher(model).submit(observations)
         except Exception as exc:
-            from serving.model.runtime import refuses
-
-            if len(observations) == 1 and refuses(exc):
-                raise model.refusal(observations[0], exc) from exc
+            if len(observations) == 1 and model.refuses_input(exc):
+                raise model.refusal(observations[0], exc, log=log_refusal) from exc
             raise
 
     def _batcher(self, model: LoadedModel) -> MicroBatcher[dict[str, Any], Score]:
