@@ -9,6 +9,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sklearn.compose import ColumnTransformer
@@ -25,9 +26,12 @@ GOOD = {"x": 0.3, "k": 2, "color": "red"}
 BAD = {"x": None, "k": 2, "color": "red"}
 
 
-def fit_without_imputer(folder: Path, nullable: bool = False) -> Path:
-    """A binary model whose numeric columns go straight to the estimator: NaN is an error.
-    With `nullable`, k is pandas' Int64, whose nulls reach the pipeline as pandas.NA."""
+def fit_binary(
+    folder: Path, numbers: Any = "passthrough", colors: str = "ignore", nullable: bool = False
+) -> Path:
+    """A binary model of x, k and color: `numbers` is what x and k go through, `colors` what
+    the color encoder does with a color it never saw. With `nullable`, k is pandas' Int64,
+    whose nulls reach the pipeline as pandas.NA."""
     frame = _tiny_frame()
     if nullable:
         frame["k"] = frame["k"].astype("Int64")
@@ -35,14 +39,19 @@ def fit_without_imputer(folder: Path, nullable: bool = False) -> Path:
     pipeline = make_pipeline(
         ColumnTransformer(
             [
-                ("num", "passthrough", ["x", "k"]),
-                ("cat", OneHotEncoder(handle_unknown="ignore"), ["color"]),
+                ("num", numbers, ["x", "k"]),
+                ("cat", OneHotEncoder(handle_unknown=colors), ["color"]),
             ]
         ),
         LogisticRegression(),
     ).fit(frame, target)
     metadata = {"name": folder.parent.name, "version": "1", "initial_status": "production"}
     return write_model(folder, pipeline, frame, metadata)
+
+
+def fit_without_imputer(folder: Path, nullable: bool = False) -> Path:
+    """Numeric columns straight to the estimator: NaN is an error."""
+    return fit_binary(folder, nullable=nullable)
 
 
 @pytest.fixture
@@ -187,23 +196,11 @@ def test_a_model_broken_for_every_input_is_still_a_server_error(app, client):
 
 
 def fit_strict_categories(folder: Path) -> Path:
-    """A binary model that imputes its numbers but refuses a color it never saw
-    (OneHotEncoder(handle_unknown="error")): a string column, so the schema takes any text."""
+    """Numbers imputed, but a color never seen refused (a string column: the schema takes
+    any text)."""
     from sklearn.impute import SimpleImputer
 
-    frame = _tiny_frame()
-    target = (frame["x"] > 0.2).astype(int)
-    pipeline = make_pipeline(
-        ColumnTransformer(
-            [
-                ("num", SimpleImputer(), ["x", "k"]),
-                ("cat", OneHotEncoder(handle_unknown="error"), ["color"]),
-            ]
-        ),
-        LogisticRegression(),
-    ).fit(frame, target)
-    metadata = {"name": folder.parent.name, "version": "1", "initial_status": "production"}
-    return write_model(folder, pipeline, frame, metadata)
+    return fit_binary(folder, numbers=SimpleImputer(), colors="error")
 
 
 @pytest.fixture
