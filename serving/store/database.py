@@ -301,6 +301,16 @@ def release_connection() -> None:
         discard_connections()
 
 
+def _canceled(exc: BaseException) -> bool:
+    """Whether a peewee error is a statement_timeout: peewee raises psycopg2's
+    QueryCanceledError as its own OperationalError, the original as its first argument.
+    Taken for a lost connection, it was retried (twice the wait, on a database already too
+    slow) and answered "unreachable"."""
+    return any(isinstance(arg, QueryCanceledError) for arg in exc.args[:1]) or isinstance(
+        exc.__context__, QueryCanceledError
+    )
+
+
 def _unavailable(exc: Exception) -> Unavailable:
     """The 503 for a database that does not answer (its reason goes to the log only)."""
     logger.warning("database unreachable: %s", str(exc).strip().splitlines()[0:1])
@@ -379,6 +389,8 @@ def run_with_retry(work: Callable[[], T], long_running: bool = False) -> T:
                 discard_connections()
                 raise _too_slow(exc) from exc
             except CONNECTION_ERRORS as exc:
+                if _canceled(exc):
+                    raise _too_slow(exc) from exc
                 discard_connections()
                 if attempt == 2:
                     raise _unavailable(exc) from exc
