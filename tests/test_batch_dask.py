@@ -477,12 +477,14 @@ def test_a_killed_worker_leaves_the_run_complete_and_exactly_once(
 
     def kill() -> None:
         # Killed while the scheduler has given it partitions: they must run again elsewhere.
+        # What it holds is read once, and the kill follows that read at once: a second read
+        # could find it between two partitions (a race that failed this test once in CI).
         deadline = time.monotonic() + 10
-        while not dask_client.processing(workers=[address]).get(address):
-            if time.monotonic() > deadline:
+        while True:
+            holding = len(dask_client.processing(workers=[address]).get(address, ()))
+            if holding or time.monotonic() > deadline:
                 break
             time.sleep(0.002)
-        holding = len(dask_client.processing(workers=[address]).get(address, ()))
         doomed.send_signal(signal.SIGKILL)
         killed_at.append((_rows_done(output), holding))
 
