@@ -24,7 +24,7 @@ from serving.decisions.experiments import Experiments
 from serving.decisions.lifecycle import Lifecycle
 from serving.errors import InvalidInput, ServiceError, detail
 from serving.model.registry import Registry
-from serving.model.runtime import LoadedModel, about_missing
+from serving.model.runtime import LoadedModel, about_missing, missing
 from serving.store.predictions import (
     NewPredictions,
     canonical_json_each,
@@ -427,7 +427,7 @@ def _refused_for(
     are each refused for those nulls: the pipeline says it cannot take missing values, and
     the same rows with a typical value in place of every null score (a row refused for
     something else, a value its transformers turn into NaN, say, still fails then)."""
-    typical = model.typical()
+    typical = model.typical
     if typical is None or not about_missing(failure):
         return False
     filled = _pick(columns, rows)
@@ -453,13 +453,9 @@ def _by_nulls(columns: dict[str, list[Any]], n: int) -> list[tuple[frozenset[str
     first row."""
     groups: dict[frozenset[str], list[int]] = {}
     for k in range(n):
-        nulls = frozenset(name for name, column in columns.items() if _is_null(column[k]))
+        nulls = frozenset(name for name, column in columns.items() if missing(column[k]))
         groups.setdefault(nulls, []).append(k)
     return list(groups.items())
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def _in_row_order(parts: list[tuple[list[int], _Said]]) -> tuple[list[int], _Said]:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from serving.batch.core import OK, Results
-from serving.errors import ServiceError
+from serving.errors import ServiceError, underlying
 from serving.model.runtime import LoadedModel
 from serving.store import predictions
 
@@ -203,17 +203,15 @@ def database_failure(error: BaseException, who: str | None = None) -> str:
     cause = error.__cause__ if isinstance(error, ServiceError) else error
     at = f" from {who}" if who else ""
     # peewee wraps the driver's statement_timeout in its OperationalError, a connection error.
-    driver = (cause.__cause__ or cause.__context__) if cause is not None else None
-    if isinstance(cause, database.QueryCanceledError | database.DeadlineExceeded) or isinstance(
-        driver, database.QueryCanceledError
+    if cause is not None and (
+        isinstance(cause, database.DeadlineExceeded) or database.canceled(cause)
     ):
         return (
             f"the database did not answer in time{at} (a statement ran past its time limit); "
             "rows it stored all the same are replayed, not stored twice"
         )
     if isinstance(cause, database.CONNECTION_ERRORS):
-        reason = " ".join(str(cause).split()) or type(cause).__name__
-        return f"the database could not be reached{at} ({reason})"
+        return f"the database could not be reached{at} ({underlying(cause)})"
     if isinstance(cause, database.MaxConnectionsExceeded):
         return (
             f"no database connection was free{at} within DB_POOL_WAIT_SECONDS (all "

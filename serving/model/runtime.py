@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -96,7 +97,8 @@ def _problem(exc: BaseException) -> str:
     return first if len(first) <= _PROBLEM_CHARS else first[: _PROBLEM_CHARS - 3] + "..."
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
+    """Whether a validated value is a null: None, or a float NaN."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -195,12 +197,6 @@ class LoadedModel:
         self.positive_class = positive if binary else None
         self._positive_index = self.classes.index(positive) if binary else None
         self.compiled: CompiledPipeline | None = None
-        # Whether the pipeline scores a typical row (None: not asked yet, or nothing to
-        # build one from); asked only once an input is refused.
-        self._scores_typical: bool | None = None
-        self._typical_asked = False
-        self._typical_row: dict[str, Any] | None = None
-        self._typical_built = False
         self.fast_path: dict[str, Any] = {"enabled": False, "reason": "not compiled"}
         self.rejects_surprises = metadata.get("out_of_range") == "reject"
         # The sha256 of each file the model was built from, as read (set by `load`).
@@ -417,45 +413,39 @@ class LoadedModel:
         and not because the model is broken: it still scores a typical row built from its
         training profile (asked once, at the first refusal; a broken model is logged at
         ERROR and its errors stay 500s)."""
-        if not refuses(exc):
-            return False
-        if not self._typical_asked:
-            self._typical_asked = True
-            self._scores_typical = self._check_typical()
-            if self._scores_typical is False:
-                logger.error(
-                    "model %s/%s cannot score even a typical row of its training data: it is "
-                    "broken for every input, and its errors are answered 500",
-                    self.endpoint,
-                    self.version,
-                    extra={"problem": _problem(exc)},
-                )
-        return self._scores_typical is not False
+        return refuses(exc) and self._scores_typical is not False
 
+    @functools.cached_property
     def typical(self) -> dict[str, Any] | None:
-        """A typical row of the training data (`compiled.typical_row`), built once; None when
-        there is nothing to build it from."""
-        if not self._typical_built:
-            try:
-                self._typical_row = typical_row(
-                    self.columns, self.dtypes, self.metadata.get("profile"), self.pipeline
-                )
-            except Exception:  # nothing to build it from, whatever the reason
-                self._typical_row = None
-            self._typical_built = True
-        return self._typical_row
+        """A typical row of the training data (`compiled.typical_row`), built at the first
+        use; None when there is nothing to build it from."""
+        try:
+            return typical_row(
+                self.columns, self.dtypes, self.metadata.get("profile"), self.pipeline
+            )
+        except Exception:  # nothing to build it from, whatever the reason
+            return None
 
-    def _check_typical(self) -> bool | None:
-        row = self.typical()
-        if row is None:  # no typical row to ask with: the refusal stands as the input's
+    @functools.cached_property
+    def _scores_typical(self) -> bool | None:
+        """Whether the pipeline scores `typical` (None: there is none to ask with, so a
+        refusal stands as the input's); asked only once an input is refused."""
+        if self.typical is None:
             return None
         try:
-            frame = self.frame([row])
+            frame = self.frame([self.typical])
             if self.classes:
                 self.pipeline.predict_proba(frame)
             else:
                 self.pipeline.predict(frame)
-        except Exception:
+        except Exception as exc:
+            logger.error(
+                "model %s/%s cannot score even a typical row of its training data: it is "
+                "broken for every input, and its errors are answered 500",
+                self.endpoint,
+                self.version,
+                extra={"problem": _problem(exc)},
+            )
             return False
         return True
 
@@ -468,7 +458,7 @@ class LoadedModel:
         trimmed. With `log`, logged at WARNING (with the request id, as every line written
         while a request is handled); a batch logs its refusals once instead."""
         problem = _problem(exc)
-        fields = [name for name in self.columns if _missing(observation.get(name))]
+        fields = [name for name in self.columns if missing(observation.get(name))]
         if fields and about_missing(exc):
             details = [
                 detail(f"observation.{name}", f"null, which this model cannot take: {problem}")

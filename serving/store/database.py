@@ -301,13 +301,14 @@ def release_connection() -> None:
         discard_connections()
 
 
-def _canceled(exc: BaseException) -> bool:
-    """Whether a peewee error is a statement_timeout: peewee raises psycopg2's
-    QueryCanceledError as its own OperationalError, the original as its first argument.
-    Taken for a lost connection, it was retried (twice the wait, on a database already too
-    slow) and answered "unreachable"."""
-    return any(isinstance(arg, QueryCanceledError) for arg in exc.args[:1]) or isinstance(
-        exc.__context__, QueryCanceledError
+def canceled(exc: BaseException) -> bool:
+    """Whether an error is a statement_timeout: psycopg2's QueryCanceledError itself, or the
+    OperationalError peewee raises in its place (the original as its first argument and
+    context). Taken for a lost connection, it was retried (twice the wait, on a database
+    already too slow) and answered "unreachable"."""
+    return any(
+        isinstance(e, QueryCanceledError)
+        for e in (exc, *exc.args[:1], exc.__cause__, exc.__context__)
     )
 
 
@@ -389,7 +390,7 @@ def run_with_retry(work: Callable[[], T], long_running: bool = False) -> T:
                 discard_connections()
                 raise _too_slow(exc) from exc
             except CONNECTION_ERRORS as exc:
-                if _canceled(exc):
+                if canceled(exc):
                     raise _too_slow(exc) from exc
                 discard_connections()
                 if attempt == 2:
