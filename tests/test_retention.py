@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.reports import rollups
-from serving.store import partitions, predictions, retention
+from serving.store import migrations, partitions, predictions, retention
 from serving.store.database import close_all, db, is_sqlite
 from serving.store.dialect import rows as sql_rows
 from serving.store.tables import Prediction, PredictionKey, utcnow
@@ -273,6 +273,35 @@ def test_a_drop_that_fails_after_the_export_leaves_no_file(app, tmp_path):
     with app.app_context():
         assert every_row() == before
         assert Prediction.select().count() == PredictionKey.select().count()
+
+
+def test_before_the_rollups_migration_the_command_asks_for_flask_migrate(database_url, tmp_path):
+    # The prune folds the rollups first, so it needs their tables (migration 8), not only
+    # the partitioned log (7): with migrations off, a schema at 7 is refused by a sentence.
+    application = make_app(
+        database_url,
+        tmp_path / "none",
+        prediction_retention_days=DAYS,
+        migrate_on_start=False,
+    )
+    try:
+        with application.app_context():
+            migrations.migrate(target=7)
+        result = application.test_cli_runner().invoke(
+            args=["prune-predictions", "--to", str(tmp_path / "out")]
+        )
+    finally:
+        close_all()
+    assert result.exit_code == 1, result.output
+    assert "The schema is at version 7; run flask migrate first." in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_log_prunes_nothing(app, tmp_path):
+    result = prune(app, tmp_path / "exports")
+    assert result.exit_code == 0, result.output
+    assert "nothing to roll up" in result.output
+    assert list((tmp_path / "exports").iterdir()) == []
 
 
 def test_without_a_retention_the_command_refuses(database_url, tmp_path):
